@@ -1,0 +1,89 @@
+"""The `upscale` command line: thin typer commands over the library modules."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .devices import resolve_device
+
+app = typer.Typer(
+    help="Make photos and video four times sharper with trained super-resolution generators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `upscale` a command group even while a single command is registered."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+class Loss(str, Enum):
+    mse = "mse"
+    l1 = "l1"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    step = "step"
+    cosine = "cosine"
+
+
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution training images (searched recursively).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoint, metrics.jsonl, last/best.safetensors.")],
+    arch: Annotated[str, typer.Option(help="Architecture: srresnet, edsr or compact.")] = "srresnet",
+    loss: Annotated[Optional[Loss], typer.Option(help="Pixel loss [default: the architecture's paper recipe].")] = None,
+    scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
+    patch: Annotated[int, typer.Option(help="HR crop size in pixels (the paper's 96).")] = 96,
+    batch: Annotated[int, typer.Option(help="Crops per step.")] = 16,
+    steps: Annotated[int, typer.Option(help="Total optimizer steps (a resumed run continues to this total).")] = 100_000,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate [default: the recipe's, 1e-4 for srresnet/edsr].")] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule [default: the recipe's].")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation set with HR/ and LR_bicubic/X4/; keeps best.safetensors.")] = None,
+    val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps.")] = 1000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pt exactly where it stopped.")] = False,
+    device: DeviceOption = "auto",
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision [default: on for CUDA, off on CPU].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data sampling.")] = 0,
+    param: Annotated[Optional[list[str]], typer.Option(help="Architecture hyper-parameter KEY=VALUE, repeatable (e.g. channels=32).")] = None,
+) -> None:
+    """Train a generator with a pixel loss (SRResNet on MSE, EDSR on L1) on a folder of photos."""
+    from .train.trainer import TrainConfig
+    from .train.trainer import train as run_training
+
+    try:
+        torch_device = resolve_device(device)
+        config = TrainConfig(
+            data=str(data_dir), arch=arch, scale=scale, patch=patch, batch=batch, steps=steps,
+            loss=loss.value if loss else "", lr=lr or 0.0, schedule=schedule.value if schedule else "",
+            seed=seed, val=str(val) if val else None, val_every=val_every,
+            checkpoint_every=checkpoint_every, amp=torch_device.type == "cuda" if amp is None else amp,
+            arch_params={k: json.loads(v) for k, v in (p.split("=", 1) for p in param or [])},
+        )
+        path = run_training(config, out, torch_device, resume)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"[green]saved[/] {path}")
+
+
+def main() -> None:
+    app()

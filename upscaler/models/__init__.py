@@ -1,0 +1,23 @@
+"""Generator architectures; importing this package registers them all."""
+
+from . import compact, edsr, srresnet
+from .registry import (
+    ARCHITECTURES,
+    Architecture,
+    count_parameters,
+    get_architecture,
+    macs_per_input_pixel,
+    register,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "compact",
+    "count_parameters",
+    "edsr",
+    "get_architecture",
+    "macs_per_input_pixel",
+    "register",
+    "srresnet",
+]

@@ -1,0 +1,1 @@
+"""`upscale train`: data, trainer and recipes."""
