@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
+from .backends import RunSettings, open_upscaler
 from .devices import resolve_device
+from .engine import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from .files import Job, discover, output_format, target_path
+from .pipeline import Summary, run_jobs, skip_existing
 
 app = typer.Typer(
     help="Make photos and video four times sharper with trained super-resolution generators.",
@@ -19,15 +26,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 @app.callback()
 def _root() -> None:
-    """Keeps `upscale` a command group even while a single command is registered."""
+    """Make photos and video four times sharper with trained super-resolution generators."""
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}", highlight=False)
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -42,7 +50,208 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class OutputFormat(str, Enum):
+    keep = "keep"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+    bmp = "bmp"
+
+
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in model name or a .safetensors file.")]
+ScaleOption = Annotated[Optional[int], typer.Option(help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
+TileOption = Annotated[int, typer.Option(help="Tile size in input pixels; every tile has this one shape.")]
+OverlapOption = Annotated[int, typer.Option(help="Overlap between tiles in input pixels, blended.")]
+BatchOption = Annotated[int, typer.Option(help="Tiles per inference batch.")]
+PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
+FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
+SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist alone (finishes an interrupted run).")]
+
+
+def _settings(model: str, scale: Optional[int], tile: int, overlap: int, batch: int, device: str, precision: str) -> RunSettings:
+    return RunSettings(model=model, scale=scale, tile=tile, overlap=overlap, batch=batch, device=device, precision=precision)
+
+
+def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
+    """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
+    try:
+        upscale, loaded, _backend = open_upscaler(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    summary = Summary(skipped=skipped)
+    columns = (
+        TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    interrupted = False
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("upscale", total=len(jobs), rate=0.0)
+        outcomes = run_jobs(jobs, upscale)
+        try:
+            for outcome in outcomes:
+                summary.add(outcome)
+                if not outcome.ok:
+                    progress.console.print(f"[red]error:[/] {outcome.job.source}: {outcome.error}", highlight=False, soft_wrap=True)
+                elapsed = time.perf_counter() - started
+                progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
+        except KeyboardInterrupt:
+            interrupted = True
+            outcomes.close()
+    summary.seconds = time.perf_counter() - started
+    _print_summary(summary, loaded.source)
+    if interrupted:
+        left = len(jobs) - summary.done - summary.failed
+        raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_summary(summary: Summary, model: str) -> None:
+    table = Table(title="upscale summary", show_header=False)
+    table.add_row("model", model)
+    table.add_row("written", str(summary.done))
+    table.add_row("skipped (already there)", str(summary.skipped))
+    table.add_row("failed", f"[red]{summary.failed}[/]" if summary.failed else "0")
+    table.add_row("wall time", f"{summary.seconds:.2f} s")
+    if summary.seconds > 0 and summary.done:
+        table.add_row("images/s", f"{summary.done / summary.seconds:.2f}")
+        table.add_row("input megapixels/s", f"{summary.input_pixels / 1e6 / summary.seconds:.3f}")
+    console.print(table)
+
+
+@app.command("dir")
+def upscale_dir(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images to upscale.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; relative paths are kept under it.")],
+    scale: ScaleOption = None,
+    model: ModelOption = "default",
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    format: FormatOption = OutputFormat.keep,
+    skip_existing_outputs: SkipOption = False,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+) -> None:
+    """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
+
+    Outputs are written under a temporary name and renamed, so OUT never holds a partial file;
+    a bad input is reported on one line and the rest goes on; the exit code is 1 if any failed.
+    """
+    if not in_dir.is_dir():
+        raise fail(f"{in_dir}: not a folder")
+    sources = discover(in_dir, out, recursive)
+    try:
+        jobs = [Job(src, target_path(src, in_dir, out, fmt), fmt) for src in sources for fmt in [output_format(src, format.value)]]
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    skipped: list[Path] = []
+    if skip_existing_outputs:
+        jobs, skipped = skip_existing(jobs)
+    if not sources:
+        console.print(f"[yellow]no images found in {in_dir}[/]")
+    _run_batch(jobs, _settings(model, scale, tile, overlap, batch, device, precision), len(skipped))
+
+
+@app.command("image")
+def upscale_image(
+    source: Annotated[Path, typer.Argument(help="Image to upscale.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the format unless --format says otherwise.")],
+    scale: ScaleOption = None,
+    model: ModelOption = "default",
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    format: FormatOption = OutputFormat.keep,
+    skip_existing_outputs: SkipOption = False,
+) -> None:
+    """Upscale one image."""
+    from .images import SUFFIX_FORMATS
+
+    if not source.is_file():
+        raise fail(f"{source}: no such file")
+    if format is not OutputFormat.keep:
+        fmt = output_format(source, format.value)
+    else:
+        fmt = SUFFIX_FORMATS.get(out.suffix.lower()) or SUFFIX_FORMATS.get(source.suffix.lower(), "PNG")
+    if skip_existing_outputs and out.exists():
+        _print_summary(Summary(skipped=1), model)
+        return
+    _run_batch([Job(source, out, fmt)], _settings(model, scale, tile, overlap, batch, device, precision), 0)
+
+
+@app.command("models")
+def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the built-in models: scale, parameters, MACs per input pixel and recorded scores."""
+    from .models import count_parameters, macs_per_input_pixel
+    from .weights import builtin_models, load_model
+
+    rows: list[dict[str, Any]] = []
+    for name, path in sorted(builtin_models().items()):
+        loaded = load_model(str(path))
+        rows.append({
+            "name": name, "arch": loaded.card.arch, "arch_params": loaded.card.arch_params,
+            "scale": loaded.card.scale, "parameters": count_parameters(loaded.module),
+            "macs_per_input_pixel": round(macs_per_input_pixel(loaded.module)),
+            "scores": loaded.card.scores, "recipe": loaded.card.recipe, "path": str(path),
+        })
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="built-in models")
+    for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM"):
+        table.add_column(column)
+    for row in rows:
+        scores = [row["scores"].get(d) for d in ("Set5", "Set14")]
+        cells = [f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-" for s in scores]
+        table.add_row(row["name"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
+    Console().print(table)
+
+
+@app.command("eval")
+def evaluate(
+    datasets: Annotated[list[Path], typer.Argument(help="Folders with HR/ and LR_bicubic/X4/ (e.g. Set5, Set14).")],
+    model: ModelOption = "default",
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 by default: scores are measured exactly.")] = "fp32",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale).
+
+    `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
+    """
+    from .evaluate import bicubic_upscaler, score_dataset, tiled_upscaler
+
+    try:
+        if model == "bicubic":
+            scale, upscale = 4, bicubic_upscaler(4)
+        else:
+            picture_upscaler, loaded, _ = open_upscaler(_settings(model, None, tile, overlap, batch, device, precision))
+            scale, upscale = loaded.card.scale, tiled_upscaler(picture_upscaler)
+        results = [score_dataset(upscale, folder, scale) for folder in datasets]
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}
+        typer.echo(json.dumps({"model": model, "scale": scale, "datasets": payload}, indent=2))
+        return
+    table = Table(title=f"{model} x{scale} (Y channel, border {scale})")
+    for column in ("dataset", "image", "PSNR dB", "SSIM"):
+        table.add_column(column)
+    for result in results:
+        for image in result.images:
+            table.add_row(result.name, image.name, f"{image.psnr:.2f}", f"{image.ssim:.4f}")
+        table.add_row(f"[bold]{result.name}[/]", "[bold]mean[/]", f"[bold]{result.psnr:.2f}[/]", f"[bold]{result.ssim:.4f}[/]")
+    Console().print(table)
 
 
 @app.command()

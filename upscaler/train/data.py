@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import SUFFIX_FORMATS
 from ..resize import imresize
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 def find_images(folder: Path, recursive: bool = True) -> list[Path]:
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS)
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:

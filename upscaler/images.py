@@ -1,0 +1,214 @@
+"""Reading and writing pictures without losing what matters: bit depth, alpha, EXIF, ICC.
+
+Pixels are float32 in [0, 1]: colour HxWx3 (or HxW for grayscale) and an optional HxW alpha.
+Pillow decodes everything it decodes exactly; 16-bit RGB(A) PNG/TIFF, which Pillow reduces
+to 8 bits, goes through the ffmpeg binary that imageio-ffmpeg ships.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import warnings
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Output format names (as --format spells them) to Pillow's names and file suffixes.
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+_ORIENTATION = 0x0112
+_SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
+
+
+class PictureError(Exception):
+    """A file that cannot be read or written; the message names the cause, not the file."""
+
+
+@dataclass
+class Picture:
+    color: np.ndarray  # float32, HxWx3 or HxW (grayscale), in [0, 1]
+    alpha: np.ndarray | None  # float32 HxW in [0, 1], or None
+    bits: int  # 8 or 16 per channel
+    format: str  # Pillow's format name of the source: PNG, JPEG, WEBP, TIFF, BMP
+    exif: bytes | None = None  # upright: the orientation tag is reset to 1 once pixels are turned
+    icc: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.color.shape[0], self.color.shape[1]
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_picture(path: Path) -> Picture:
+    if path.stat().st_size == 0:
+        raise PictureError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _decode(img, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PictureError(f"refused by the decompression-bomb guard: {exc}") from None
+    except UnidentifiedImageError:
+        raise PictureError("not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PictureError(f"corrupt or truncated image ({exc})") from None
+
+
+def _decode(img: Image.Image, path: Path) -> Picture:
+    fmt = img.format or ""
+    if fmt not in SUFFIXES:
+        raise PictureError(f"unsupported image format {fmt or 'unknown'}")
+    exif = img.getexif()
+    orientation = int(exif.get(_ORIENTATION, 1))
+    icc = img.info.get("icc_profile")
+    raw_mode = img.tile[0][3] if img.tile else ""
+    raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
+    if img.mode in ("RGB", "RGBA") and ";16" in str(raw_mode):
+        pixels, bits = _decode_16bit_rgb(path, img.size, img.mode == "RGBA"), 16
+    else:
+        img.load()
+        pixels, bits = _pillow_pixels(img)
+    pixels = _upright(pixels, orientation)
+    color, alpha = _split_alpha(pixels)
+    if orientation != 1:
+        exif[_ORIENTATION] = 1
+    return Picture(color, alpha, bits, fmt, exif.tobytes() if len(exif) else None, icc)
+
+
+def _pillow_pixels(img: Image.Image) -> tuple[np.ndarray, int]:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535, 16
+    if img.mode == "I":  # 16-bit grayscale PNG/TIFF commonly opens as 32-bit I
+        return np.clip(np.asarray(img, dtype=np.float32) / 65535, 0, 1), 16
+    if img.mode in ("L", "LA", "RGB", "RGBA"):
+        target = img
+    elif img.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La", "RGBa"):
+        has_alpha = "A" in img.mode or "a" in img.mode or "transparency" in img.info
+        target = img.convert("RGBA" if has_alpha else ("L" if img.mode == "1" else "RGB"))
+    else:
+        raise PictureError(f"unsupported pixel mode {img.mode}")
+    return np.asarray(target, dtype=np.float32) / 255, 8
+
+
+def _decode_16bit_rgb(path: Path, size: tuple[int, int], has_alpha: bool) -> np.ndarray:
+    pix_fmt, channels = ("rgba64le", 4) if has_alpha else ("rgb48le", 3)
+    out = _ffmpeg(["-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], b"")
+    width, height = size
+    expected = width * height * channels * 2
+    if len(out) != expected:
+        raise PictureError(f"corrupt or truncated 16-bit image ({len(out)} of {expected} bytes decoded)")
+    return np.frombuffer(out, "<u2").reshape(height, width, channels).astype(np.float32) / 65535
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply the EXIF orientation to the pixels, so every output is stored upright."""
+    if orientation in (2, 4, 5, 7):
+        pixels = pixels[:, ::-1]
+    turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else np.ascontiguousarray(pixels)
+
+
+def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        color = pixels[..., :-1]
+        return np.ascontiguousarray(color[..., 0] if color.shape[2] == 1 else color), pixels[..., -1].copy()
+    return pixels, None
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
+    """Write `picture` as `fmt` to `path` (the caller makes that a temporary name)."""
+    bits = picture.bits if fmt in _SIXTEEN_BIT_FORMATS else 8
+    if fmt == "JPEG" and picture.alpha is not None:
+        picture = _flatten_on_white(picture)
+    if bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):
+        _write_16bit_rgb(picture, fmt, path)
+        return
+    img = _to_pillow(picture, bits)
+    options: dict[str, object] = {}
+    if picture.icc and fmt != "BMP":
+        options["icc_profile"] = picture.icc
+    if picture.exif and fmt != "BMP":
+        options["exif"] = picture.exif
+    if fmt == "JPEG":
+        options.update(quality=95, subsampling=0)
+    elif fmt == "WEBP":
+        options.update(quality=95, method=4)
+    elif fmt == "TIFF":
+        options["compression"] = "tiff_deflate"
+    img.save(path, format=fmt, **options)
+
+
+def _quantize(x: np.ndarray, bits: int) -> np.ndarray:
+    top = 65535 if bits == 16 else 255
+    return (np.clip(x, 0, 1) * top + 0.5).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def _to_pillow(picture: Picture, bits: int) -> Image.Image:
+    color = _quantize(picture.color, bits)
+    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB goes through ffmpeg
+        return Image.fromarray(color)
+    stacked = np.dstack([color, _quantize(picture.alpha, 8)])
+    return Image.fromarray(stacked, mode="RGBA" if color.ndim == 3 else "LA")
+
+
+def _flatten_on_white(picture: Picture) -> Picture:
+    assert picture.alpha is not None
+    a = picture.alpha if picture.color.ndim == 2 else picture.alpha[..., None]
+    return replace(picture, color=picture.color * a + (1 - a), alpha=None)
+
+
+def _write_16bit_rgb(picture: Picture, fmt: str, path: Path) -> None:
+    """16-bit RGB(A); 16-bit gray with alpha is written as RGBA, the nearest 16-bit layout."""
+    color = picture.color if picture.color.ndim == 3 else np.dstack([picture.color] * 3)
+    planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
+    data = _quantize(np.dstack(planes), 16).astype(">u2")
+    height, width, channels = data.shape
+    pix_fmt = "rgba64be" if channels == 4 else "rgb48be"
+    out_fmt = "rgba64le" if fmt == "TIFF" and channels == 4 else ("rgb48le" if fmt == "TIFF" else pix_fmt)
+    codec = ["-f", "image2", "-c:v", "png" if fmt == "PNG" else "tiff", "-pix_fmt", out_fmt]
+    _ffmpeg(
+        ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-y", str(path)],
+        data.tobytes(),
+    )
+    if fmt == "PNG":
+        _add_png_chunks(path, picture.icc, picture.exif)
+
+
+def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise PictureError(f"ffmpeg failed: {message[-1] if message else result.returncode}")
+    return result.stdout
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _add_png_chunks(path: Path, icc: bytes | None, exif: bytes | None) -> None:
+    """Insert iCCP and eXIf after IHDR (ffmpeg's PNG encoder writes neither)."""
+    if not icc and not exif:
+        return
+    data = path.read_bytes()
+    ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    path.write_bytes(data[:ihdr_end] + extra + data[ihdr_end:])
