@@ -68,11 +68,11 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     fmt = img.format or ""
     if fmt not in SUFFIXES:
         raise PictureError(f"unsupported image format {fmt or 'unknown'}")
+    raw_mode = img.tile[0][3] if img.tile else ""  # read first: getexif() may load and clear tiles
+    raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
     exif = img.getexif()
     orientation = int(exif.get(_ORIENTATION, 1))
     icc = img.info.get("icc_profile")
-    raw_mode = img.tile[0][3] if img.tile else ""
-    raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
     if img.mode in ("RGB", "RGBA") and ";16" in str(raw_mode):
         pixels, bits = _decode_16bit_rgb(path, img.size, img.mode == "RGBA"), 16
     else:

@@ -1,0 +1,58 @@
+"""Shared fixtures: real photos on disk, small random-init models saved as real weights files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from upscaler.models import get_architecture
+from upscaler.weights import ModelCard, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DATASETS = Path(os.environ.get("UPSCALER_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def dataset(name: str) -> Path:
+    """A folder of ../shared/datasets, or skip: a user's checkout has none."""
+    path = DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def example_photos() -> list[Path]:
+    return sorted(p for p in EXAMPLES.iterdir() if p.suffix in {".png", ".jpg"})
+
+
+def photo_array(name: str = "astronaut.png") -> np.ndarray:
+    with Image.open(EXAMPLES / name) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def save_random_model(path: Path, arch: str = "compact", seed: int = 0, **params: object) -> Path:
+    """Random weights for testing mechanisms only; they never ship as a model."""
+    torch.manual_seed(seed)
+    module = get_architecture(arch).build(**params)
+    card = ModelCard(arch=arch, arch_params=dict(params), scale=int(params.get("scale", 4)), name=f"random-{arch}")
+    save_model(module, card, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small compact net (fast on CPU) with random weights, as a real .safetensors file."""
+    return save_random_model(tmp_path_factory.mktemp("models") / "tiny.safetensors", channels=8, blocks=1)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()

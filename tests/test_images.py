@@ -1,0 +1,141 @@
+"""Image I/O on real files: formats, bit depth, alpha, grayscale, EXIF, ICC, orientation, bombs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from torch import nn
+
+from upscaler.engine import PictureUpscaler, TiledUpscaler, TorchBackend
+from upscaler.images import Picture, PictureError, encode_picture, read_picture
+
+from .conftest import photo_array
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp"), ("TIFF", ".tif"), ("BMP", ".bmp")])
+def test_reads_every_supported_format(tmp_path: Path, fmt: str, suffix: str) -> None:
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(photo_array()).save(path, fmt)
+    picture = read_picture(path)
+    assert picture.format == fmt and picture.bits == 8 and picture.alpha is None
+    assert picture.color.shape == (128, 128, 3) and picture.color.dtype == np.float32
+    if fmt in ("PNG", "TIFF", "BMP"):
+        assert np.array_equal((picture.color * 255).round().astype(np.uint8), photo_array())
+
+
+def _sixteen_bit_photo() -> np.ndarray:
+    """A real photo with 16-bit detail: values that are not multiples of 257."""
+    base = photo_array().astype(np.float32) / 255
+    return np.clip(base + np.linspace(0, 1 / 300, base.shape[1], dtype=np.float32)[None, :, None], 0, 1)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_rgb_stays_sixteen_bit(tmp_path: Path, fmt: str) -> None:
+    color = _sixteen_bit_photo()
+    path = tmp_path / f"deep.{fmt.lower()}"
+    encode_picture(Picture(color, None, 16, fmt, icc=_srgb_icc()), fmt, path)
+    again = read_picture(path)
+    assert again.bits == 16
+    expected = np.round(color * 65535)
+    assert np.array_equal(np.round(again.color * 65535), expected)
+    assert np.any(expected % 257 != 0)
+    if fmt == "PNG":
+        assert again.icc == _srgb_icc()
+
+
+def test_sixteen_bit_gray_png(tmp_path: Path) -> None:
+    gray = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    picture = read_picture(tmp_path / "g.png")
+    assert picture.bits == 16 and picture.color.ndim == 2
+    encode_picture(picture, "PNG", tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode.startswith("I")
+        assert np.array_equal(np.asarray(img).astype(np.uint16), gray)
+
+
+def _white_disc_on_transparent_black(size: int = 48) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    inside = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[inside] = (250, 250, 250, 255)
+    return rgba
+
+
+def _bicubic_upscaler() -> PictureUpscaler:
+    """A real torch module that upscales smoothly, so edge colours are easy to predict."""
+    module = nn.Upsample(scale_factor=4, mode="bicubic", align_corners=False)
+    return PictureUpscaler(TiledUpscaler(TorchBackend(module, 4, torch.device("cpu"), torch.float32, 32, 2), 8), 4)
+
+
+def test_alpha_is_upscaled_separately_without_dark_fringes(tmp_path: Path) -> None:
+    Image.fromarray(_white_disc_on_transparent_black(), "RGBA").save(tmp_path / "logo.png")
+    out = _bicubic_upscaler()(read_picture(tmp_path / "logo.png"))
+    assert out.alpha is not None and out.alpha.shape == (192, 192)
+    edge = (out.alpha > 0.05) & (out.alpha < 0.95)
+    assert edge.sum() > 100
+    # Straight (unpremultiplied) upscaling would pull edge colour towards the hidden black.
+    assert out.color[edge].min() > 0.9
+    encode_picture(out, "PNG", tmp_path / "big.png")
+    with Image.open(tmp_path / "big.png") as img:
+        assert img.mode == "RGBA" and img.size == (192, 192)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA"])
+def test_grayscale_stays_grayscale(tmp_path: Path, mode: str) -> None:
+    Image.fromarray(photo_array("coffee.png")).convert(mode).save(tmp_path / "g.png")
+    out = _bicubic_upscaler()(read_picture(tmp_path / "g.png"))
+    assert out.color.ndim == 2 and (out.alpha is not None) == (mode == "LA")
+    encode_picture(out, "PNG", tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode == mode and img.size == (600, 400)
+
+
+def test_exif_icc_and_orientation_carry_over(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    exif[0x010F] = "upscaler-test-camera"
+    photo = photo_array("coffee.png")  # 150 wide, 100 tall as stored
+    Image.fromarray(photo).save(tmp_path / "cam.jpg", "JPEG", exif=exif.tobytes(), icc_profile=_srgb_icc(), quality=95)
+    picture = read_picture(tmp_path / "cam.jpg")
+    assert picture.size == (150, 100)  # upright now
+    encode_picture(picture, "JPEG", tmp_path / "out.jpg")
+    with Image.open(tmp_path / "out.jpg") as img:
+        assert img.size == (100, 150)
+        assert img.getexif()[0x0112] == 1 and img.getexif()[0x010F] == "upscaler-test-camera"
+        assert img.info["icc_profile"] == _srgb_icc()
+        upright = np.asarray(img).astype(int)
+    expected = np.rot90(photo, 3).astype(int)  # what a viewer shows for orientation 6
+    wrong = np.rot90(photo, 1).astype(int)
+    assert np.abs(upright - expected).mean() < 6 < np.abs(upright - wrong).mean()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty file"), (b"just some text", "not a readable image"), (None, "truncated")],
+)
+def test_bad_files_raise_one_clear_cause(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.png"
+    if content is None:
+        buffer = io.BytesIO()
+        Image.fromarray(photo_array()).save(buffer, "PNG")
+        content = buffer.getvalue()[:2000]
+    path.write_bytes(content)
+    with pytest.raises(PictureError, match=message):
+        read_picture(path)
+
+
+def test_decompression_bomb_guard_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(photo_array()).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128 // 2 - 1)
+    with pytest.raises(PictureError, match="decompression-bomb guard"):
+        read_picture(tmp_path / "big.png")
