@@ -291,6 +291,8 @@ def train(
         path = run_training(config, out, torch_device, resume)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; `upscale train ... -o {out} --resume` continues from the last checkpoint", EXIT_INTERRUPTED) from None
     console.print(f"[green]saved[/] {path}")
 
 

@@ -1,0 +1,129 @@
+"""`upscale train` and `upscale eval`: degradation, exact resume, the bicubic row, end to end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from upscaler.cli import app
+from upscaler.evaluate import dataset_pairs
+from upscaler.train.data import PatchSampler, degrade
+from upscaler.train.trainer import TrainConfig, Trainer, lr_factor
+from upscaler.weights import load_model
+
+from .conftest import EXAMPLES, dataset
+
+
+def test_degradation_matches_matlab_imresize_on_set5() -> None:
+    diffs = []
+    for name, lr, hr in dataset_pairs(dataset("Set5"), 4):
+        ours = degrade(torch.from_numpy(hr.copy()).permute(2, 0, 1).double() / 255, 4)
+        ours_u8 = (ours * 255).round().permute(1, 2, 0).numpy()
+        assert ours_u8.shape == lr.shape, name
+        diffs.append(np.abs(ours_u8 - lr.astype(np.float64)).mean())
+    assert float(np.mean(diffs)) < 0.2
+
+
+def test_patches_are_aligned_pairs(tmp_path: Path) -> None:
+    sampler = PatchSampler(EXAMPLES, patch=48, scale=4, seed=3)
+    lr, hr = sampler.batch(6)
+    assert lr.shape == (6, 3, 12, 12) and hr.shape == (6, 3, 48, 48)
+    # The LR patch is the degraded HR patch (up to the border, where real context was used).
+    again = degrade(hr.double(), 4).float()
+    assert (again - lr)[..., 2:-2, 2:-2].abs().mean() < 2 / 255
+
+
+def test_schedules() -> None:
+    assert lr_factor("constant", 900, 1000) == 1.0
+    assert [lr_factor("step", s, 1000) for s in (0, 499, 500, 749, 750)] == [1, 1, 0.5, 0.5, 0.25]
+    assert lr_factor("cosine", 0, 1000) == pytest.approx(1.0)
+    assert lr_factor("cosine", 1000, 1000) == pytest.approx(0.01)
+
+
+def _config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        data=str(EXAMPLES), arch="compact", patch=32, batch=4, steps=steps, seed=7,
+        checkpoint_every=3, log_every=1, arch_params={"channels": 8, "blocks": 1},
+    )
+
+
+def _interrupt_at(step: int) -> Callable[[dict[str, Any]], None]:
+    def log(record: dict[str, Any]) -> None:
+        if record["step"] == step:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of training
+    return log
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> None:
+    for run in ("straight", "interrupted"):
+        (tmp_path / run).mkdir()
+    straight = Trainer(_config(6), tmp_path / "straight", torch.device("cpu"))
+    straight.run(lambda _: None)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(6), tmp_path / "interrupted", torch.device("cpu")).run(_interrupt_at(4))
+    resumed = Trainer(_config(6), tmp_path / "interrupted", torch.device("cpu"))
+    resumed.resume()
+    assert resumed.step == 3  # the last checkpoint before the interrupt
+    resumed.run(lambda _: None)
+
+    assert resumed.step == straight.step == 6
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    Trainer(_config(3), tmp_path / "r", torch.device("cpu")).run(lambda _: None)
+    other = _config(3)
+    other.patch = 64
+    with pytest.raises(ValueError, match="different settings.*patch"):
+        Trainer(other, tmp_path / "r", torch.device("cpu")).resume()
+
+
+def test_eval_reproduces_the_published_bicubic_row(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["eval", "--model", "bicubic", str(dataset("Set5")), str(dataset("Set14")), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["datasets"]
+    assert scores["Set5"]["psnr"] == pytest.approx(28.42, abs=0.02)
+    assert scores["Set14"]["psnr"] == pytest.approx(26.00, abs=0.02)
+    assert len(scores["Set14"]["images"]) == 14
+
+
+def test_train_then_upscale_end_to_end(runner: CliRunner, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    val = tmp_path / "val"
+    (val / "HR").mkdir(parents=True)
+    (val / "LR_bicubic" / "X4").mkdir(parents=True)
+    with Image.open(EXAMPLES / "astronaut.png") as img:
+        img.save(val / "HR" / "a.png")
+        img.resize((32, 32), Image.Resampling.BICUBIC).save(val / "LR_bicubic" / "X4" / "a.png")
+    args = ["train", str(EXAMPLES), "-o", str(run), "--arch", "compact", "--patch", "32", "--batch", "4",
+            "--steps", "20", "--val", str(val), "--val-every", "10", "--checkpoint-every", "10",
+            "--param", "channels=8", "--param", "blocks=1", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "steps_per_s"} <= set(next(r for r in records if "loss" in r))
+    assert [r["step"] for r in records if "val_psnr" in r] == [10, 20]
+    assert (run / "best.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+    card = load_model(str(run / "last.safetensors")).card
+    assert card.recipe["loss"] == "l1" and card.recipe["steps"] == 20 and card.recipe["data"] == "examples"
+
+    out = tmp_path / "up"
+    result = runner.invoke(app, ["dir", str(EXAMPLES), "-o", str(out), "--model", str(run / "best.safetensors"), "--tile", "48", "--overlap", "8"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "coffee.png") as img:
+        assert img.size == (600, 400)
+
+    resumed = runner.invoke(app, [*args[:-1], "cpu", "--resume", "--steps", "30"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_model(str(run / "last.safetensors")).card.recipe["steps"] == 30
