@@ -1,0 +1,1 @@
+"""TensorRT: engine cache (pure Python) and the builder and runtime (need the `tensorrt` extra)."""

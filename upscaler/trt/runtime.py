@@ -1,0 +1,42 @@
+"""The TensorRT executor: a deserialized plan, one execution context per CUDA stream."""
+
+from __future__ import annotations
+
+import tensorrt as trt
+import torch
+
+from ..export import INPUT_NAME, OUTPUT_NAME
+
+
+class TensorRTExecutor:
+    """Implements streams.DeviceExecutor with `execute_async_v3` and bound tensor addresses."""
+
+    def __init__(self, plan: bytes) -> None:
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialize the plan (built for another GPU or version?)")
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        if names != {INPUT_NAME, OUTPUT_NAME}:
+            raise RuntimeError(f"engine has tensors {sorted(names)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}")
+        if self.engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
+            raise RuntimeError(f"engine tensor {INPUT_NAME!r} is not an input")
+        self.contexts: list[trt.IExecutionContext] = []
+
+    def input_shape(self) -> tuple[int, ...]:
+        dims = self.engine.get_tensor_shape(INPUT_NAME)
+        return tuple(dims[i] for i in range(len(dims)))
+
+    def bind(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], streams: list[torch.cuda.Stream]) -> None:
+        for device_in, device_out in zip(inputs, outputs):
+            if tuple(device_in.shape) != self.input_shape():
+                raise RuntimeError(f"staging shape {tuple(device_in.shape)} but engine input {self.input_shape()}")
+            context = self.engine.create_execution_context()
+            context.set_tensor_address(INPUT_NAME, device_in.data_ptr())
+            context.set_tensor_address(OUTPUT_NAME, device_out.data_ptr())
+            self.contexts.append(context)
+
+    def launch(self, slot: int, stream: torch.cuda.Stream) -> None:
+        if not self.contexts[slot].execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
