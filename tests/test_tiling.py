@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -19,9 +21,10 @@ class RecordingBackend(TorchBackend):
 
     shapes: list[tuple[int, ...]]
 
-    def infer(self, tiles: torch.Tensor) -> torch.Tensor:
-        self.shapes.append(tuple(tiles.shape))
-        return super().infer(tiles)
+    def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for batch in batches:
+            self.shapes.append(tuple(batch.shape))
+            yield self.infer(batch)
 
 
 def backend_for(module: torch.nn.Module, tile: int, batch: int = 3) -> RecordingBackend:

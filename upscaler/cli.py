@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .backends import RunSettings, open_upscaler
+from .compiler import DEFAULT_CACHE
 from .devices import resolve_device
 from .engine import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from .files import Job, discover, output_format, target_path
@@ -32,10 +37,12 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 @app.callback()
 def _root() -> None:
     """Make photos and video four times sharper with trained super-resolution generators."""
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -59,6 +66,12 @@ class OutputFormat(str, Enum):
     bmp = "bmp"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    torch = "torch"
+
+
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in model name or a .safetensors file.")]
 ScaleOption = Annotated[Optional[int], typer.Option(help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
@@ -68,16 +81,23 @@ BatchOption = Annotated[int, typer.Option(help="Tiles per inference batch.")]
 PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist alone (finishes an interrupted run).")]
+BackendOption = Annotated[Backend, typer.Option(help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]
+StreamsOption = Annotated[int, typer.Option(help="CUDA streams kept busy at once (copies and compute overlap).")]
+GraphsOption = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the fixed-shape torch forward as a CUDA graph.")]
+EnginesOption = Annotated[Path, typer.Option(help="Engine cache folder.")]
 
 
-def _settings(model: str, scale: Optional[int], tile: int, overlap: int, batch: int, device: str, precision: str) -> RunSettings:
-    return RunSettings(model=model, scale=scale, tile=tile, overlap=overlap, batch=batch, device=device, precision=precision)
+
+def _settings(model: str, scale: Optional[int], tile: int, overlap: int, batch: int, device: str, precision: str,
+              backend: Backend = Backend.auto, streams: int = 2, cuda_graphs: bool = False, engines: Path = DEFAULT_CACHE) -> RunSettings:
+    return RunSettings(model=model, scale=scale, tile=tile, overlap=overlap, batch=batch, device=device, precision=precision,
+                       backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, engines=engines)
 
 
 def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
     try:
-        upscale, loaded, _backend = open_upscaler(settings)
+        upscale, loaded, opened = open_upscaler(settings)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     summary = Summary(skipped=skipped)
@@ -94,14 +114,14 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
             for outcome in outcomes:
                 summary.add(outcome)
                 if not outcome.ok:
-                    progress.console.print(f"[red]error:[/] {outcome.job.source}: {outcome.error}", highlight=False, soft_wrap=True)
+                    progress.console.print(f"[red]error:[/] {escape(f'{outcome.job.source}: {outcome.error}')}", highlight=False, soft_wrap=True)
                 elapsed = time.perf_counter() - started
                 progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
         except KeyboardInterrupt:
             interrupted = True
             outcomes.close()
     summary.seconds = time.perf_counter() - started
-    _print_summary(summary, loaded.source)
+    _print_summary(summary, loaded.source, opened.description)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
         raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
@@ -109,9 +129,11 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_summary(summary: Summary, model: str) -> None:
+def _print_summary(summary: Summary, model: str, backend: str = "") -> None:
     table = Table(title="upscale summary", show_header=False)
     table.add_row("model", model)
+    if backend:
+        table.add_row("backend", backend)
     table.add_row("written", str(summary.done))
     table.add_row("skipped (already there)", str(summary.skipped))
     table.add_row("failed", f"[red]{summary.failed}[/]" if summary.failed else "0")
@@ -135,6 +157,10 @@ def upscale_dir(
     precision: PrecisionOption = "auto",
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
+    backend: BackendOption = Backend.auto,
+    streams: StreamsOption = 2,
+    cuda_graphs: GraphsOption = False,
+    engines: EnginesOption = DEFAULT_CACHE,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
 ) -> None:
     """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
@@ -154,7 +180,7 @@ def upscale_dir(
         jobs, skipped = skip_existing(jobs)
     if not sources:
         console.print(f"[yellow]no images found in {in_dir}[/]")
-    _run_batch(jobs, _settings(model, scale, tile, overlap, batch, device, precision), len(skipped))
+    _run_batch(jobs, _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), len(skipped))
 
 
 @app.command("image")
@@ -170,6 +196,10 @@ def upscale_image(
     precision: PrecisionOption = "auto",
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
+    backend: BackendOption = Backend.auto,
+    streams: StreamsOption = 2,
+    cuda_graphs: GraphsOption = False,
+    engines: EnginesOption = DEFAULT_CACHE,
 ) -> None:
     """Upscale one image."""
     from .images import SUFFIX_FORMATS
@@ -183,7 +213,7 @@ def upscale_image(
     if skip_existing_outputs and out.exists():
         _print_summary(Summary(skipped=1), model)
         return
-    _run_batch([Job(source, out, fmt)], _settings(model, scale, tile, overlap, batch, device, precision), 0)
+    _run_batch([Job(source, out, fmt)], _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), 0)
 
 
 @app.command("models")
@@ -251,6 +281,75 @@ def evaluate(
         for image in result.images:
             table.add_row(result.name, image.name, f"{image.psnr:.2f}", f"{image.ssim:.4f}")
         table.add_row(f"[bold]{result.name}[/]", "[bold]mean[/]", f"[bold]{result.psnr:.2f}[/]", f"[bold]{result.ssim:.4f}[/]")
+    Console().print(table)
+
+
+@app.command("compile")
+def compile_engine(
+    model: ModelOption = "default",
+    tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option(help="Overlap this engine will be run with; checked against the tile.")] = DEFAULT_OVERLAP,
+    batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
+    precision: Annotated[str, typer.Option(help="fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed).")] = "fp16",
+    layout: Annotated[str, typer.Option(help="uint8 I/O layout: nhwc or nchw.")] = "nhwc",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Engine cache folder.")] = DEFAULT_CACHE,
+    workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 4096,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
+    device: DeviceOption = "auto",
+    list_cache: Annotated[bool, typer.Option("--list", help="Show the engine cache and exit.")] = False,
+) -> None:
+    """Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape.
+
+    The ONNX graph (uint8 in and out, precision inside) is exported, checked and kept beside the
+    engine. Without TensorRT the ONNX file is still made and checked; the exit code is then 3.
+    """
+    from .compiler import CompileRequest, compile_model
+    from .export import TileShape
+    from .tiling import TileGrid
+    from .trt.cache import EngineCache
+    from .weights import load_model
+
+    if list_cache:
+        _print_cache(EngineCache(out))
+        return
+    try:
+        if precision not in ("fp16", "fp32") or layout not in ("nhwc", "nchw"):
+            raise ValueError("--precision must be fp16 or fp32 and --layout nhwc or nchw")
+        TileGrid.for_image(tile, tile, tile, overlap)
+        loaded = load_model(model)
+        request = CompileRequest(TileShape(batch, tile, layout), precision, out, workspace, opt_level)
+        result = compile_model(loaded, request, resolve_device(device), _probe_pixels())
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"onnx: {result.onnx}", highlight=False)
+    if result.onnx_psnr is not None:
+        console.print(f"onnx parity (onnxruntime vs torch fp32): {result.onnx_psnr:.1f} dB", highlight=False)
+    if result.plan is None:
+        raise fail("TensorRT is not installed: the engine build needs the `tensorrt` extra on an NVIDIA machine "
+                   "(pip install 'upscaler[tensorrt]'); the ONNX file above is ready for trtexec or onnxruntime", 3)
+    console.print(f"engine: {result.plan}{' (cached)' if result.cached else ''}", highlight=False)
+
+
+def _probe_pixels() -> np.ndarray:
+    """A real photo for the parity check (the checkout's first example), else a gradient."""
+    from .images import read_picture
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    photos = sorted(examples.glob("*.png")) if examples.is_dir() else []
+    if photos:
+        return (np.atleast_3d(read_picture(photos[0]).color)[..., :3] * 255).round().astype(np.uint8)
+    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3)
+    return ramp.astype(np.uint8)
+
+
+def _print_cache(cache: Any) -> None:
+    table = Table(title=f"engine cache {cache.folder}")
+    for column in ("model", "tile", "batch", "layout", "precision", "TensorRT", "GPU", "plan"):
+        table.add_column(column)
+    for entry in cache.entries():
+        k = entry.key
+        table.add_row(k.model_name, str(k.tile), str(k.batch), k.layout, k.precision, k.tensorrt_version,
+                      f"{k.gpu_name} (sm {k.compute_capability})", entry.plan)
     Console().print(table)
 
 

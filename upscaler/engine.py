@@ -6,7 +6,9 @@ blending, grayscale, alpha, output scale) lives here, once, for all backends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -24,39 +26,71 @@ DEFAULT_BATCH = 4
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 weights, as Pillow converts RGB to L
 
 
+log = logging.getLogger("upscaler")
+
+
 class Backend(Protocol):
-    """Runs the model on a batch of `batch` tiles of `tile` x `tile` pixels."""
+    """Runs the model on batches of `batch` tiles of `tile` x `tile` pixels.
+
+    `run` yields results in order; a backend may keep several batches in flight (CUDA streams).
+    Tiles are float32 NCHW on the host in [0,1]; results are (batch, 3, tile*scale, tile*scale).
+    """
 
     scale: int
     tile: int
     batch: int
 
-    def infer(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(batch, 3, tile, tile) float32 CPU in [0,1] -> (batch, 3, tile*scale, tile*scale) float32 CPU."""
-        ...
+    def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]: ...
 
 
 class TorchBackend:
-    """Eager torch on CPU or CUDA, fp32/fp16/bf16, channels_last."""
+    """Eager torch on CPU or CUDA, fp32/fp16/bf16, channels_last; halves its batch on CUDA OOM."""
 
     def __init__(
         self, module: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, tile: int, batch: int
     ) -> None:
         self.scale, self.tile, self.batch = scale, tile, batch
         self.device, self.dtype = device, dtype
-        self.module = module.eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        self.module = module.eval().to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        self.chunk = batch  # largest sub-batch that fits in memory so far
+
+    def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for batch in batches:
+            yield self.infer(batch)
 
     @torch.inference_mode()
     def infer(self, tiles: torch.Tensor) -> torch.Tensor:
-        x = tiles.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self.module(x).float().cpu()
+        if tiles.shape[0] > self.chunk:
+            return torch.cat([self.infer(part) for part in tiles.split(self.chunk)])
+        try:
+            x = tiles.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            return self.module(x).float().cpu()
+        except torch.OutOfMemoryError:
+            if tiles.shape[0] == 1:
+                raise
+            self.chunk = tiles.shape[0] // 2
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory at %d tiles per batch; retrying with %d", tiles.shape[0], self.chunk)
+            return self.infer(tiles)
+
+
+def unusable_tiles(inputs: torch.Tensor, outputs: torch.Tensor) -> list[int]:
+    """Tiles whose reduced-precision output cannot be trusted: non-finite, or flat where the input is not."""
+    finite = torch.isfinite(outputs).flatten(1).all(dim=1)
+    collapsed = (outputs.nan_to_num().flatten(1).std(dim=1) < 0.5 / 255) & (inputs.flatten(1).std(dim=1) > 2 / 255)
+    return (~finite | collapsed).nonzero().flatten().tolist()
 
 
 class TiledUpscaler:
-    """Splits an image into fixed-shape overlapping tiles, batches them, blends the results."""
+    """Splits an image into fixed-shape overlapping tiles, batches them, blends the results.
 
-    def __init__(self, backend: Backend, overlap: int = DEFAULT_OVERLAP) -> None:
-        self.backend, self.overlap = backend, overlap
+    With a `fallback` (fp32) backend, tiles that the main backend got wrong in reduced
+    precision are recomputed by the fallback, with a warning.
+    """
+
+    def __init__(self, backend: Backend, overlap: int = DEFAULT_OVERLAP, fallback: Backend | None = None) -> None:
+        self.backend, self.overlap, self.fallback = backend, overlap, fallback
         TileGrid.for_image(backend.tile, backend.tile, backend.tile, overlap)  # validates overlap
 
     @property
@@ -70,10 +104,31 @@ class TiledUpscaler:
         grid = TileGrid.for_image(height, width, b.tile, self.overlap)
         padded = pad_to_grid(image, grid)
         stitcher = Stitcher(grid, b.scale, channels=3)
-        for origins, batch in self._batches(padded, grid):
-            for origin, tile in zip(origins, b.infer(batch)):
+        in_flight: deque[tuple[list[tuple[int, int]], torch.Tensor]] = deque()
+
+        def batches() -> Iterator[torch.Tensor]:
+            for origins, batch in self._batches(padded, grid):
+                in_flight.append((origins, batch))
+                yield batch
+
+        for result in b.run(batches()):
+            origins, batch = in_flight.popleft()
+            result = self._repair(batch, result)
+            for origin, tile in zip(origins, result):
                 stitcher.add(origin, tile)
         return stitcher.result(height, width)
+
+    def _repair(self, batch: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        if self.fallback is None:
+            return result
+        bad = unusable_tiles(batch, result)
+        if not bad:
+            return result
+        log.warning("%d tile(s) overflowed or collapsed in reduced precision; recomputed in fp32", len(bad))
+        redo = next(iter(self.fallback.run([batch])))
+        result = result.clone()
+        result[bad] = redo[bad]
+        return result
 
     def _batches(self, image: torch.Tensor, grid: TileGrid) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
         """Full batches only: a short last batch is filled up, because engines have a static batch."""

@@ -24,10 +24,14 @@ def _crop(y: np.ndarray, border: int) -> np.ndarray:
     return y[border:-border, border:-border] if border > 0 else y
 
 
+def psnr(output: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of 8-bit-range arrays over every value."""
+    mse = float(np.mean((output.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
 def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
-    a, b = _crop(luma(output), border), _crop(luma(reference), border)
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    return psnr(_crop(luma(output), border), _crop(luma(reference), border))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -30,15 +30,17 @@ class EngineKey:
     compute_capability: str  # "9.0"
 
     @property
+    def onnx_stem(self) -> str:
+        """The graph depends on the model and tile shape only, not on TensorRT or the GPU."""
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.model_name) or "model"
+        return f"{model}-{self.model_digest[:12]}-t{self.tile}-b{self.batch}-{self.layout}-{self.precision}"
+
+    @property
     def stem(self) -> str:
         """A readable, unique file stem: every field that decides validity is in it or in the hash."""
         gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-")
-        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.model_name) or "model"
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return (
-            f"{model}-{self.model_digest[:12]}-t{self.tile}-b{self.batch}-{self.layout}-{self.precision}"
-            f"-trt{self.tensorrt_version}-{gpu}-sm{self.compute_capability.replace('.', '')}-{digest}"
-        )
+        return f"{self.onnx_stem}-trt{self.tensorrt_version}-{gpu}-sm{self.compute_capability.replace('.', '')}-{digest}"
 
 
 @dataclass
@@ -67,7 +69,7 @@ class EngineCache:
         ]
 
     def onnx_path(self, key: EngineKey) -> Path:
-        return self.folder / f"{key.stem}.onnx"
+        return self.folder / f"{key.onnx_stem}.onnx"
 
     def lookup(self, key: EngineKey) -> Path | None:
         """The plan for exactly this key, or None (so the caller rebuilds): never a near match."""

@@ -1,0 +1,219 @@
+"""Engines: ONNX parity, the engine cache, backend choice, precision fallback, OOM, typing."""
+
+from __future__ import annotations
+
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from upscaler.backends import RunSettings, open_backend
+from upscaler.cli import app
+from upscaler.compiler import CompileRequest, compile_model, probe_batch
+from upscaler.engine import TiledUpscaler, TorchBackend, unusable_tiles
+from upscaler.export import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
+from upscaler.metrics import psnr
+from upscaler.streams import overlap_ms
+from upscaler.trt.cache import EngineCache, EngineKey
+from upscaler.weights import load_model
+
+from .conftest import ROOT, photo_array
+
+
+@pytest.mark.parametrize(("precision", "layout", "floor"), [("fp32", "nhwc", 50.0), ("fp16", "nhwc", 40.0), ("fp16", "nchw", 40.0)])
+def test_onnx_graph_matches_torch_fp32_on_photos(tmp_path: Path, precision: str, layout: str, floor: float) -> None:
+    loaded = load_model("default")
+    shape = TileShape(batch=2, tile=64, layout=layout)
+    path = tmp_path / "model.onnx"
+    export_onnx(loaded.module, shape, precision, path)
+    check_onnx(path, shape, 4)
+    reference = ByteIO(loaded.module, torch.float32, layout).eval()
+    for photo in ("astronaut.png", "coffee.png"):
+        tiles = probe_batch(shape, photo_array(photo))
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(tiles)).numpy()
+        got = run_onnxruntime(path, tiles)
+        assert got.dtype == np.uint8 and got.shape == shape.output_shape(4)
+        assert psnr(got, expected) >= floor, f"{precision} {layout} on {photo}"
+
+
+def test_fp16_lives_in_the_graph(tmp_path: Path) -> None:
+    import onnx
+
+    loaded = load_model("default")
+    export_onnx(loaded.module, TileShape(1, 32), "fp16", tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    weights = [t for t in graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+
+
+def _key(**changes: object) -> EngineKey:
+    fields: dict[str, object] = dict(
+        model_digest="a" * 64, model_name="default", tile=256, batch=4, layout="nhwc", precision="fp16",
+        tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+    )
+    fields.update(changes)
+    return EngineKey(**fields)  # type: ignore[arg-type]
+
+
+def test_every_field_of_the_key_changes_the_engine_file() -> None:
+    base = _key()
+    variants = [_key(model_digest="b" * 64), _key(tile=192), _key(batch=2), _key(layout="nchw"), _key(precision="fp32"),
+                _key(tensorrt_version="11.0.0"), _key(gpu_name="NVIDIA H200"), _key(compute_capability="8.9")]
+    stems = {base.stem, *(v.stem for v in variants)}
+    assert len(stems) == 1 + len(variants)
+    assert base.onnx_stem == _key(tensorrt_version="11.0.0", gpu_name="other").onnx_stem
+
+
+def test_cache_round_trip_mismatch_and_refusals(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path / "engines")
+    plan = cache.store(_key(), b"serialized plan bytes")
+    assert cache.lookup(_key()) == plan.resolve()
+    assert cache.lookup(_key(tensorrt_version="11.0.0")) is None  # mismatch: the caller rebuilds
+    assert cache.read_plan(plan) == b"serialized plan bytes"
+    stray = tmp_path / "downloaded.plan"
+    stray.write_bytes(b"serialized plan bytes")
+    with pytest.raises(ValueError, match="not a plan from the engine cache"):
+        cache.read_plan(stray)
+    plan.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="changed since it was built"):
+        cache.read_plan(plan)
+    assert cache.lookup(_key()) is None  # a changed plan is rebuilt, never loaded
+
+
+def test_compile_without_tensorrt_exports_checks_and_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["compile", "--tile", "32", "--batch", "1", "--overlap", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 3
+    assert "needs the `tensorrt` extra" in result.output and "upscaler[tensorrt]" in result.output
+    onnx_files = list(tmp_path.glob("*.onnx"))
+    assert len(onnx_files) == 1 and "-t32-b1-nhwc-fp16" in onnx_files[0].name
+    assert "onnx parity" in result.output
+    assert not list(tmp_path.glob("*.plan"))
+
+
+def test_compile_model_reports_parity(tmp_path: Path) -> None:
+    request = CompileRequest(TileShape(1, 48), "fp32", tmp_path)
+    result = compile_model(load_model("default"), request, torch.device("cpu"), photo_array())
+    assert result.plan is None and result.onnx.is_file()
+    assert result.onnx_psnr is not None and result.onnx_psnr >= 50
+
+
+def test_backend_choice_on_cpu() -> None:
+    loaded = load_model("default")
+    opened = open_backend(loaded, RunSettings(model="default", device="cpu"))
+    assert isinstance(opened.backend, TorchBackend) and opened.fallback is None
+    assert "torch cpu fp32" in opened.description
+    bf16 = open_backend(loaded, RunSettings(model="default", device="cpu", precision="bf16"))
+    assert bf16.fallback is not None  # reduced precision gets an fp32 safety net
+    for bad in (dict(backend="tensorrt"), dict(precision="fp16"), dict(backend="cuda-magic")):
+        with pytest.raises(ValueError):
+            open_backend(loaded, RunSettings(model="default", device="cpu", **bad))  # type: ignore[arg-type]
+
+
+def test_unusable_tiles_are_found() -> None:
+    inputs = torch.rand(4, 3, 8, 8)
+    outputs = torch.rand(4, 3, 32, 32)
+    outputs[1, 0, 3, 3] = float("nan")
+    outputs[2] = 0.0  # collapsed to black while the input is textured
+    inputs[3] = 0.5
+    outputs[3] = 0.5  # flat in, flat out: fine
+    assert unusable_tiles(inputs, outputs) == [1, 2]
+
+
+class _OverflowsOnBrightTiles(nn.Module):
+    """Behaves like a reduced-precision model that overflows on bright tiles."""
+
+    def __init__(self, good: nn.Module) -> None:
+        super().__init__()
+        self.good = good
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.good(x)
+        bright = x.flatten(1).mean(dim=1) > 0.6
+        return torch.where(bright[:, None, None, None], torch.full_like(y, float("inf")), y)
+
+
+def test_bad_reduced_precision_tiles_are_recomputed_in_fp32(caplog: pytest.LogCaptureFixture) -> None:
+    good = nn.Upsample(scale_factor=4, mode="bicubic")
+    cpu = torch.device("cpu")
+    main = TorchBackend(_OverflowsOnBrightTiles(good), 4, cpu, torch.float32, 16, 4)
+    upscaler = TiledUpscaler(main, 4, fallback=TorchBackend(good, 4, cpu, torch.float32, 16, 4))
+    image = torch.rand(3, 40, 40) * 0.5
+    image[:, :16, :16] = 0.9  # one bright region
+    out = upscaler.upscale(image)
+    assert torch.isfinite(out).all()
+    reference = TiledUpscaler(TorchBackend(good, 4, cpu, torch.float32, 16, 4), 4).upscale(image)
+    torch.testing.assert_close(out, reference)
+    assert "recomputed in fp32" in caplog.text
+
+
+class _MemoryLimited(nn.Module):
+    """A model on a device that runs out of memory above two tiles per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=4, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.up(x)
+
+
+def test_out_of_memory_lowers_the_batch_and_retries(caplog: pytest.LogCaptureFixture) -> None:
+    backend = TorchBackend(_MemoryLimited(), 4, torch.device("cpu"), torch.float32, 8, 8)
+    tiles = torch.rand(8, 3, 8, 8)
+    out = backend.infer(tiles)
+    torch.testing.assert_close(out, nn.functional.interpolate(tiles, scale_factor=4, mode="nearest"))
+    assert backend.chunk == 2 and "retrying with" in caplog.text
+
+
+def test_overlap_measure() -> None:
+    copies = [(0.0, 1.0), (2.0, 3.0)]
+    compute = [(0.5, 2.5)]
+    assert overlap_ms(copies, compute) == pytest.approx(1.0)
+    assert overlap_ms([(0.0, 1.0)], [(1.0, 2.0)]) == 0.0
+
+
+def _stubs_folder(tmp_path: Path) -> Path:
+    """tensorrt-stubs, copied where mypy reads them, with their few unparsable signatures loosened."""
+    import ast
+
+    for root in site.getsitepackages():
+        source = Path(root)
+        if (source / "tensorrt_stubs").is_dir() and (source / "tensorrt_bindings" / "tensorrt.pyi").is_file():
+            break
+    else:
+        pytest.fail("tensorrt-stubs are not installed: pip install --no-deps tensorrt-stubs")
+    target = tmp_path / "stubs"
+    for package in ("tensorrt", "tensorrt_bindings"):
+        shutil.copytree(source / package, target / package, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    stub = target / "tensorrt_bindings" / "tensorrt.pyi"
+    lines = stub.read_text().split("\n")
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("def "):
+            try:
+                ast.parse(text + "\n    ...")
+            except SyntaxError:  # e.g. a parameter named `in` in plugin APIs this project never calls
+                indent = line[: len(line) - len(line.lstrip())]
+                lines[i] = f"{indent}def {text[4:text.index('(')]}(self, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:"
+    stub.write_text("import typing\n" + "\n".join(lines))
+    return target
+
+
+def test_tensorrt_modules_pass_mypy_strict_against_the_stubs(tmp_path: Path) -> None:
+    stubs = _stubs_folder(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", "upscaler/trt/"],
+        cwd=ROOT, capture_output=True, text=True, env={"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success" in result.stdout
