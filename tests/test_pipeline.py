@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import upscaler.pipeline as pipeline
+from upscaler import pipeline
 from upscaler.files import Job
 from upscaler.images import Picture
 

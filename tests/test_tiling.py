@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -37,7 +38,7 @@ def backend_for(module: torch.nn.Module, tile: int, batch: int = 3) -> Recording
 def test_tiles_cover_the_axis_with_at_least_the_overlap(length: int, tile: int, overlap: int) -> None:
     starts = axis_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == length
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
 
 
 def test_overlap_must_leave_room() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from upscaler.weights import ModelCard, load_model, read_card, resolve_model_path, save_model
 from upscaler.models import get_architecture
+from upscaler.weights import ModelCard, load_model, read_card, resolve_model_path, save_model
 
 from .conftest import save_random_model
 

@@ -10,6 +10,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from .devices import resolve_device, resolve_precision
 from .engine import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Backend, PictureUpscaler, TiledUpscaler, TorchBackend
 from .export import TileShape
 from .weights import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from .streams import DeviceExecutor
 
 log = logging.getLogger("upscaler")
 BACKENDS = ("auto", "tensorrt", "torch")
@@ -56,7 +60,7 @@ def open_backend(loaded: LoadedModel, settings: RunSettings, probe: np.ndarray |
             raise ValueError("--backend tensorrt needs a CUDA device")
         if dtype == torch.float16:
             raise ValueError("--precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
-        backend = TorchBackend(loaded.module, loaded.card.scale, device, dtype, settings.tile, settings.batch)
+        backend: Backend = TorchBackend(loaded.module, loaded.card.scale, device, dtype, settings.tile, settings.batch)
         return OpenedBackend(backend, _fallback(loaded, settings, device, dtype), f"torch cpu {_name(dtype)}")
 
     from .streams import StreamedBackend, TorchExecutor
@@ -81,7 +85,7 @@ def open_backend(loaded: LoadedModel, settings: RunSettings, probe: np.ndarray |
 def _tensorrt_executor(
     loaded: LoadedModel, settings: RunSettings, shape: TileShape, device: torch.device, dtype: torch.dtype,
     probe: np.ndarray | None,
-) -> object | None:
+) -> DeviceExecutor | None:
     """A TensorRT executor from the cache (building the engine if needed), or None to fall back."""
     from .trt.cache import EngineCache
     from .trt.runtime import TensorRTExecutor

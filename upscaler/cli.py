@@ -7,7 +7,7 @@ import logging
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -74,7 +74,7 @@ class Backend(str, Enum):
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in model name or a .safetensors file.")]
-ScaleOption = Annotated[Optional[int], typer.Option(help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
+ScaleOption = Annotated[int | None, typer.Option(help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
 TileOption = Annotated[int, typer.Option(help="Tile size in input pixels; every tile has this one shape.")]
 OverlapOption = Annotated[int, typer.Option(help="Overlap between tiles in input pixels, blended.")]
 BatchOption = Annotated[int, typer.Option(help="Tiles per inference batch.")]
@@ -88,7 +88,7 @@ EnginesOption = Annotated[Path, typer.Option(help="Engine cache folder.")]
 
 
 
-def _settings(model: str, scale: Optional[int], tile: int, overlap: int, batch: int, device: str, precision: str,
+def _settings(model: str, scale: int | None, tile: int, overlap: int, batch: int, device: str, precision: str,
               backend: Backend = Backend.auto, streams: int = 2, cuda_graphs: bool = False, engines: Path = DEFAULT_CACHE) -> RunSettings:
     return RunSettings(model=model, scale=scale, tile=tile, overlap=overlap, batch=batch, device=device, precision=precision,
                        backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, engines=engines)
@@ -401,21 +401,21 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution training images (searched recursively).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoint, metrics.jsonl, last/best.safetensors.")],
     arch: Annotated[str, typer.Option(help="Architecture: srresnet, edsr or compact.")] = "srresnet",
-    loss: Annotated[Optional[Loss], typer.Option(help="Pixel loss [default: the architecture's paper recipe].")] = None,
+    loss: Annotated[Loss | None, typer.Option(help="Pixel loss [default: the architecture's paper recipe].")] = None,
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
     patch: Annotated[int, typer.Option(help="HR crop size in pixels (the paper's 96).")] = 96,
     batch: Annotated[int, typer.Option(help="Crops per step.")] = 16,
     steps: Annotated[int, typer.Option(help="Total optimizer steps (a resumed run continues to this total).")] = 100_000,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate [default: the recipe's, 1e-4 for srresnet/edsr].")] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule [default: the recipe's].")] = None,
-    val: Annotated[Optional[Path], typer.Option(help="Validation set with HR/ and LR_bicubic/X4/; keeps best.safetensors.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate [default: the recipe's, 1e-4 for srresnet/edsr].")] = None,
+    schedule: Annotated[Schedule | None, typer.Option(help="Learning-rate schedule [default: the recipe's].")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation set with HR/ and LR_bicubic/X4/; keeps best.safetensors.")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pt exactly where it stopped.")] = False,
     device: DeviceOption = "auto",
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision [default: on for CUDA, off on CPU].")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [default: on for CUDA, off on CPU].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data sampling.")] = 0,
-    param: Annotated[Optional[list[str]], typer.Option(help="Architecture hyper-parameter KEY=VALUE, repeatable (e.g. channels=32).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Architecture hyper-parameter KEY=VALUE, repeatable (e.g. channels=32).")] = None,
 ) -> None:
     """Train a generator with a pixel loss (SRResNet on MSE, EDSR on L1) on a folder of photos."""
     from .train.trainer import TrainConfig

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import channels_last
 from .images import Picture
 from .tiling import Stitcher, TileGrid, pad_to_grid
 
@@ -51,7 +52,7 @@ class TorchBackend:
     ) -> None:
         self.scale, self.tile, self.batch = scale, tile, batch
         self.device, self.dtype = device, dtype
-        self.module = module.eval().to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        self.module = channels_last(module.eval().to(device=device, dtype=dtype))
         self.chunk = batch  # largest sub-batch that fits in memory so far
 
     def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:

@@ -68,7 +68,8 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     fmt = img.format or ""
     if fmt not in SUFFIXES:
         raise PictureError(f"unsupported image format {fmt or 'unknown'}")
-    raw_mode = img.tile[0][3] if img.tile else ""  # read first: getexif() may load and clear tiles
+    tiles = getattr(img, "tile", None)  # read first: getexif() may load and clear tiles
+    raw_mode = tiles[0][3] if tiles else ""
     raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
     exif = img.getexif()
     orientation = int(exif.get(_ORIENTATION, 1))
@@ -189,7 +190,7 @@ def _write_16bit_rgb(picture: Picture, fmt: str, path: Path) -> None:
 
 def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
     exe = imageio_ffmpeg.get_ffmpeg_exe()
-    result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True)
+    result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True, check=False)
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip().splitlines()
         raise PictureError(f"ffmpeg failed: {message[-1] if message else result.returncode}")

@@ -9,7 +9,7 @@ GIL while they work, so the threads really do overlap.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2) -> Iterator[Outcome]:
+def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2) -> Generator[Outcome, None, None]:
     """Yield one Outcome per job as its output is safely on disk (or has failed), in order.
 
     A failure of one job never stops the others. Closing the generator early (Ctrl-C)
@@ -75,7 +75,7 @@ def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int
                         picture = future.result()
                         outcome.input_pixels = picture.size[0] * picture.size[1]
                         writes.append((outcome, writers.submit(_write, job, upscale(picture))))
-                    except Exception as exc:  # one bad file must not stop the batch
+                    except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
                         outcome.error = _describe(exc)
                         writes.append((outcome, _done()))
                 # Emit finished outcomes in order; block only when too many writes are in flight.
@@ -83,7 +83,7 @@ def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int
                     outcome, write = writes.popleft()
                     try:
                         write.result()
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 (reported per file)
                         outcome.error = _describe(exc)
                     yield outcome
         finally:
@@ -115,7 +115,8 @@ class Summary:
 
 def skip_existing(jobs: list[Job]) -> tuple[list[Job], list[Path]]:
     """Split into jobs still to do and targets already on disk (complete, thanks to atomic writes)."""
-    todo, present = [], []
+    todo: list[Job] = []
+    present: list[Job] = []
     for job in jobs:
         (present if job.target.exists() else todo).append(job)
     return todo, [job.target for job in present]

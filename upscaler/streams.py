@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .devices import channels_last
 from .export import ByteIO, TileShape
 
 
@@ -35,7 +36,7 @@ class TorchExecutor:
     """The torch model (fp16/bf16/fp32, channels_last), optionally replayed as a CUDA graph per slot."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype, layout: str, cuda_graphs: bool) -> None:
-        self.forward = ByteIO(module.to(dtype=dtype, memory_format=torch.channels_last), dtype, layout).eval()
+        self.forward = ByteIO(channels_last(module.to(dtype=dtype)), dtype, layout).eval()
         self.cuda_graphs = cuda_graphs
         self.inputs: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []

@@ -9,7 +9,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -110,7 +109,7 @@ def load_model(spec: str) -> LoadedModel:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     with safe_open(str(path), framework="pt") as handle:
         card = ModelCard.from_metadata(handle.metadata() or {}, str(path))
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     module = get_architecture(card.arch).build(**card.arch_params)
     module.load_state_dict(state)
     module.eval()

@@ -28,6 +28,8 @@ class _ResidualBlock(nn.Module):
 
 @register("edsr", "EDSR: no batch norm, residual scaling; the baseline is 16 blocks x 64 channels")
 class EDSR(nn.Module):
+    rgb_mean: torch.Tensor
+
     def __init__(
         self, scale: int = 4, channels: int = 64, blocks: int = 16, res_scale: float = 1.0
     ) -> None:

@@ -17,7 +17,6 @@ from ..images import SUFFIX_FORMATS
 from ..resize import imresize
 
 
-
 def find_images(folder: Path, recursive: bool = True) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS)

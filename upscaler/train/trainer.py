@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..devices import channels_last
 from ..evaluate import module_upscaler, score_dataset
 from ..models import get_architecture
 from ..weights import ModelCard, save_model
@@ -76,7 +78,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.sampler = PatchSampler(Path(config.data), config.patch, config.scale, config.seed)
         self.model = get_architecture(config.arch).build(scale=config.scale, **config.arch_params).to(device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = channels_last(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(config.schedule, step, config.steps)
