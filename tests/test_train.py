@@ -117,6 +117,13 @@ def test_train_then_upscale_end_to_end(runner: CliRunner, tmp_path: Path) -> Non
     assert (run / "best.safetensors").is_file() and (run / "checkpoint.pt").is_file()
     card = load_model(str(run / "last.safetensors")).card
     assert card.recipe["loss"] == "l1" and card.recipe["steps"] == 20 and card.recipe["data"] == "examples"
+    assert card.recipe["command"].startswith(f"upscale train {EXAMPLES} -o {run} --arch compact --loss l1")
+    assert "--param channels=8" in card.recipe["command"] and "CPU" in card.recipe["hardware"]
+
+    scored = tmp_path / "scored.safetensors"
+    result = runner.invoke(app, ["eval", "--model", str(run / "best.safetensors"), str(val), "--record", str(scored), "--tile", "48", "--overlap", "8"])
+    assert result.exit_code == 0, result.output
+    assert set(load_model(str(scored)).card.scores["val"]) == {"psnr", "ssim"}
 
     out = tmp_path / "up"
     result = runner.invoke(app, ["dir", str(EXAMPLES), "-o", str(out), "--model", str(run / "best.safetensors"), "--tile", "48", "--overlap", "8"])

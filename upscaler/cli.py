@@ -254,6 +254,7 @@ def evaluate(
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32 by default: scores are measured exactly.")] = "fp32",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    record: Annotated[Path | None, typer.Option(help="Write a copy of the model with these mean scores in its metadata.")] = None,
 ) -> None:
     """PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale).
 
@@ -270,6 +271,14 @@ def evaluate(
         results = [score_dataset(upscale, folder, scale) for folder in datasets]
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
+    if record is not None:
+        if model == "bicubic":
+            raise fail("--record needs a model file, not bicubic")
+        from .weights import save_model
+
+        loaded.card.scores.update({r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
+        save_model(loaded.module.float().cpu(), loaded.card, record)
+        console.print(f"scores recorded in {record}", highlight=False)
     if as_json:
         payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}
         typer.echo(json.dumps({"model": model, "scale": scale, "datasets": payload}, indent=2))

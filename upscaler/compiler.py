@@ -51,7 +51,7 @@ def engine_key(loaded: LoadedModel, request: CompileRequest, tensorrt_version: s
     major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
     return EngineKey(
         model_digest=loaded.digest,
-        model_name=loaded.card.name or Path(loaded.source).stem,
+        model_name=Path(loaded.source).stem,
         tile=request.shape.tile,
         batch=request.shape.batch,
         layout=request.shape.layout,

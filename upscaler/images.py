@@ -73,7 +73,8 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
     exif = img.getexif()
     orientation = int(exif.get(_ORIENTATION, 1))
-    icc = img.info.get("icc_profile")
+    # A CMYK profile would mislabel the RGB pixels written out, so it is dropped with the conversion.
+    icc = img.info.get("icc_profile") if img.mode != "CMYK" else None
     if img.mode in ("RGB", "RGBA") and ";16" in str(raw_mode):
         pixels, bits = _decode_16bit_rgb(path, img.size, img.mode == "RGBA"), 16
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,17 @@ class TrainConfig:
     log_every: int = 50
     amp: bool = False
     arch_params: dict[str, Any] = field(default_factory=dict)
+
+    def command_line(self, run_dir: Path) -> str:
+        """The `upscale train` command that reproduces this run, every setting spelled out."""
+        words = ["upscale", "train", self.data, "-o", str(run_dir), "--arch", self.arch, "--loss", self.loss,
+                 "--scale", str(self.scale), "--patch", str(self.patch), "--batch", str(self.batch),
+                 "--steps", str(self.steps), "--lr", f"{self.lr:g}", "--schedule", self.schedule,
+                 "--seed", str(self.seed), "--amp" if self.amp else "--no-amp"]
+        if self.val:
+            words += ["--val", self.val, "--val-every", str(self.val_every)]
+        words += [f"--param {k}={json.dumps(v)}" for k, v in self.arch_params.items()]
+        return " ".join(words)
 
     def with_recipe_defaults(self) -> TrainConfig:
         """Fill loss, lr and schedule that were not given from the architecture's paper recipe."""
@@ -112,7 +124,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         state = torch.load(path, map_location=self.device, weights_only=True)  # no arbitrary unpickling
-        saved = {k: v for k, v in state["config"].items() if k != "steps"}
+        saved = {k: v for k, v in state["config"].items() if k != "steps"}  # a resumed run may train longer
         mine = {k: v for k, v in asdict(self.config).items() if k != "steps"}
         if saved != mine:
             changed = sorted(k for k in mine if saved.get(k) != mine[k])
@@ -146,6 +158,8 @@ class Trainer:
                 "seed": c.seed,
                 "wall_time_s": round(self.train_time, 1),
                 "device": str(self.device),
+                "hardware": hardware_description(self.device),
+                "command": c.command_line(self.run_dir),
             },
             scores=scores,
         )
@@ -216,6 +230,12 @@ class Trainer:
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                     self.save_checkpoint()
         return last_val
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def metrics_logger(run_dir: Path) -> Callable[[dict[str, Any]], None]:
