@@ -52,3 +52,22 @@ def test_unknown_names_fail_clearly() -> None:
         get_architecture("edsr").build(width=3)
     with pytest.raises(ValueError, match="power of two"):
         get_architecture("srresnet").build(scale=3)
+
+
+def test_models_command_lists_the_builtin_with_its_scores() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from upscaler.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    default = rows["default"]
+    assert default["scale"] == 4 and default["arch"] == "compact"
+    assert default["parameters"] > 10_000 and default["macs_per_input_pixel"] > 10_000
+    assert default["scores"]["Set5"]["psnr"] >= 30.8 and default["scores"]["Set14"]["psnr"] >= 27.6
+    assert default["recipe"]["data"] == "train290" and default["recipe"]["command"].startswith("upscale train")
+    table = CliRunner().invoke(app, ["models"])
+    assert "default" in table.output and "Set5" in table.output

@@ -74,15 +74,15 @@ class Backend(str, Enum):
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in model name or a .safetensors file.")]
-ScaleOption = Annotated[int | None, typer.Option(help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
-TileOption = Annotated[int, typer.Option(help="Tile size in input pixels; every tile has this one shape.")]
-OverlapOption = Annotated[int, typer.Option(help="Overlap between tiles in input pixels, blended.")]
-BatchOption = Annotated[int, typer.Option(help="Tiles per inference batch.")]
+ScaleOption = Annotated[int | None, typer.Option(min=1, help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
+TileOption = Annotated[int, typer.Option(min=8, help="Tile size in input pixels; every tile has this one shape.")]
+OverlapOption = Annotated[int, typer.Option(min=0, help="Overlap between tiles in input pixels, blended.")]
+BatchOption = Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")]
 PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist alone (finishes an interrupted run).")]
 BackendOption = Annotated[Backend, typer.Option(help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]
-StreamsOption = Annotated[int, typer.Option(help="CUDA streams kept busy at once (copies and compute overlap).")]
+StreamsOption = Annotated[int, typer.Option(min=1, help="CUDA streams kept busy at once (copies and compute overlap).")]
 GraphsOption = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the fixed-shape torch forward as a CUDA graph.")]
 EnginesOption = Annotated[Path, typer.Option(help="Engine cache folder.")]
 
@@ -98,7 +98,7 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
     try:
         upscale, loaded, opened = open_upscaler(settings)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     summary = Summary(skipped=skipped)
     columns = (
