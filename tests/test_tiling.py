@@ -29,7 +29,7 @@ class RecordingBackend(TorchBackend):
 
 
 def backend_for(module: torch.nn.Module, tile: int, batch: int = 3) -> RecordingBackend:
-    backend = RecordingBackend(module, 4, torch.device("cpu"), torch.float32, tile, batch)
+    backend = RecordingBackend(module, 4, torch.device("cpu"), torch.float32, tile, batch, static_shape=True)
     backend.shapes = []
     return backend
 
@@ -91,6 +91,19 @@ def test_images_smaller_than_a_tile_are_padded_not_refused() -> None:
         whole = module(image[None])[0]
     # Interior pixels far from the padded edge match the whole-image result.
     assert (_quantized(whole) - _quantized(out))[:, :40, :160].abs().max() <= 1
+
+
+def test_dynamic_backends_fit_tiles_to_small_images() -> None:
+    module = get_architecture("compact").build(channels=8, blocks=1).eval()
+    backend = RecordingBackend(module, 4, torch.device("cpu"), torch.float32, 64, 4)  # dynamic shapes
+    backend.shapes = []
+    image = torch.from_numpy(photo_array("coffee.png")[:30, :100].copy()).permute(2, 0, 1).float() / 255
+    out = TiledUpscaler(backend, DEFAULT_OVERLAP).upscale(image)
+    assert out.shape == (3, 120, 400)
+    assert backend.shapes == [(2, 3, 30, 64)]  # no padding, no filler tiles
+    with torch.no_grad():
+        whole = module(image[None])[0]
+    assert (_quantized(whole) - _quantized(out)).abs().max() <= 1
 
 
 def test_one_pixel_image() -> None:

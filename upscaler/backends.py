@@ -107,7 +107,8 @@ def _fallback(loaded: LoadedModel, settings: RunSettings, device: torch.device, 
     if dtype == torch.float32:
         return None
     module = copy.deepcopy(loaded.module)
-    return TorchBackend(module, loaded.card.scale, device, torch.float32, settings.tile, settings.batch)
+    static = device.type == "cuda"  # it recomputes batches of the main backend, which is static on CUDA
+    return TorchBackend(module, loaded.card.scale, device, torch.float32, settings.tile, settings.batch, static)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -40,6 +40,7 @@ class Backend(Protocol):
     scale: int
     tile: int
     batch: int
+    static_shape: bool  # engines built for one shape need full (batch, 3, tile, tile) batches
 
     def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]: ...
 
@@ -48,9 +49,10 @@ class TorchBackend:
     """Eager torch on CPU or CUDA, fp32/fp16/bf16, channels_last; halves its batch on CUDA OOM."""
 
     def __init__(
-        self, module: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, tile: int, batch: int
+        self, module: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, tile: int, batch: int,
+        static_shape: bool = False,
     ) -> None:
-        self.scale, self.tile, self.batch = scale, tile, batch
+        self.scale, self.tile, self.batch, self.static_shape = scale, tile, batch, static_shape
         self.device, self.dtype = device, dtype
         self.module = channels_last(module.eval().to(device=device, dtype=dtype))
         self.chunk = batch  # largest sub-batch that fits in memory so far
@@ -102,7 +104,7 @@ class TiledUpscaler:
         """CHW float32 RGB in [0,1] -> CHW float32 RGB at `scale` times the size (unclamped)."""
         _, height, width = image.shape
         b = self.backend
-        grid = TileGrid.for_image(height, width, b.tile, self.overlap)
+        grid = TileGrid.for_image(height, width, b.tile, self.overlap, fit=not b.static_shape)
         padded = pad_to_grid(image, grid)
         stitcher = Stitcher(grid, b.scale, channels=3)
         in_flight: deque[tuple[list[tuple[int, int]], torch.Tensor]] = deque()
@@ -132,14 +134,14 @@ class TiledUpscaler:
         return result
 
     def _batches(self, image: torch.Tensor, grid: TileGrid) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-        """Full batches only: a short last batch is filled up, because engines have a static batch."""
-        b, t = self.backend, self.backend.tile
+        """Batches of tiles; for a static-shape backend a short last batch is filled up with zeros."""
+        b, th, tw = self.backend, grid.tile_h, grid.tile_w
         origins = grid.origins
         for start in range(0, len(origins), b.batch):
             chunk = origins[start : start + b.batch]
-            batch = torch.zeros(b.batch, 3, t, t)
+            batch = torch.zeros(b.batch if b.static_shape else len(chunk), 3, th, tw)
             for i, (y, x) in enumerate(chunk):
-                batch[i] = image[:, y : y + t, x : x + t]
+                batch[i] = image[:, y : y + th, x : x + tw]
             yield chunk, batch
 
 

@@ -98,6 +98,7 @@ class StreamedBackend:
             raise ValueError("--streams must be at least 1")
         self.executor, self.scale, self.shape = executor, scale, shape
         self.tile, self.batch = shape.tile, shape.batch
+        self.static_shape = True  # the staging buffers, CUDA graphs and TensorRT plans have one shape
         self.slots = [
             _Slot(
                 stream=torch.cuda.Stream(device),

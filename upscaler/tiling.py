@@ -1,5 +1,7 @@
 """Overlapped tiling at ONE fixed tile shape, so a static-shape engine can serve every tile.
 
+Backends with dynamic shapes (eager torch) get tiles fitted to small images instead of padding.
+
 Tiles step by `tile - overlap`; the last tile on each axis is shifted inward to end at the
 image edge rather than padded, so every tile is full of real pixels. Images smaller than a
 tile are padded by reflection. Overlaps are blended with linear ramps that give the
@@ -26,25 +28,29 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Where the tiles of one (padded) image lie."""
+    """Where the tiles of one (padded) image lie; every tile is tile_h x tile_w."""
 
     height: int
     width: int
-    tile: int
+    tile_h: int
+    tile_w: int
     overlap: int
 
     @classmethod
-    def for_image(cls, height: int, width: int, tile: int, overlap: int) -> TileGrid:
+    def for_image(cls, height: int, width: int, tile: int, overlap: int, fit: bool = False) -> TileGrid:
+        """Square `tile` tiles (static engines); with `fit`, an axis shorter than a tile is one tile of its length."""
         if not 0 <= overlap < tile // 2:
             raise ValueError(f"overlap {overlap} must be at least 0 and under half the tile ({tile})")
-        return cls(max(height, tile), max(width, tile), tile, overlap)
+        if fit:
+            return cls(height, width, min(tile, height), min(tile, width), overlap)
+        return cls(max(height, tile), max(width, tile), tile, tile, overlap)
 
     @property
     def origins(self) -> list[tuple[int, int]]:
         return [
             (y, x)
-            for y in axis_starts(self.height, self.tile, self.overlap)
-            for x in axis_starts(self.width, self.tile, self.overlap)
+            for y in axis_starts(self.height, self.tile_h, self.overlap)
+            for x in axis_starts(self.width, self.tile_w, self.overlap)
         ]
 
 
@@ -82,11 +88,11 @@ class Stitcher:
     def add(self, origin: tuple[int, int], tile: torch.Tensor) -> None:
         g, s = self.grid, self.scale
         y, x = origin
-        size, overlap = g.tile * s, g.overlap * s
-        wy = _ramp(size, overlap, y > 0, y + g.tile < g.height)
-        wx = _ramp(size, overlap, x > 0, x + g.tile < g.width)
+        height, width, overlap = g.tile_h * s, g.tile_w * s, g.overlap * s
+        wy = _ramp(height, overlap, y > 0, y + g.tile_h < g.height)
+        wx = _ramp(width, overlap, x > 0, x + g.tile_w < g.width)
         window = wy[:, None] * wx[None, :]
-        region = (slice(None), slice(y * s, y * s + size), slice(x * s, x * s + size))
+        region = (slice(None), slice(y * s, y * s + height), slice(x * s, x * s + width))
         self.canvas[region] += tile * window
         self.weight[region] += window
 
