@@ -139,3 +139,24 @@ def test_decompression_bomb_guard_is_kept(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128 // 2 - 1)
     with pytest.raises(PictureError, match="decompression-bomb guard"):
         read_picture(tmp_path / "big.png")
+
+
+def test_tiff_layout_tags_do_not_leak_into_the_bigger_output(tmp_path: Path) -> None:
+    gray = (np.asarray(Image.fromarray(photo_array()).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(gray).save(tmp_path / "scan.tif")
+    out = _bicubic_upscaler()(read_picture(tmp_path / "scan.tif"))
+    encode_picture(out, "TIFF", tmp_path / "big.tif")
+    with Image.open(tmp_path / "big.tif") as img:
+        assert img.size == (512, 512) and img.mode == "I;16"
+
+
+def test_exif_pixel_dimensions_follow_the_new_size(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    exif.get_ifd(0x8769).update({0xA002: 150, 0xA003: 100})
+    Image.fromarray(photo_array("coffee.png")).save(tmp_path / "c.jpg", exif=exif.tobytes())
+    out = _bicubic_upscaler()(read_picture(tmp_path / "c.jpg"))
+    encode_picture(out, "JPEG", tmp_path / "big.jpg")
+    with Image.open(tmp_path / "big.jpg") as img:
+        details = img.getexif().get_ifd(0x8769)
+        assert (details[0xA002], details[0xA003]) == (600, 400) and img.getexif()[0x010F] == "camera"

@@ -23,6 +23,10 @@ FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _ORIENTATION = 0x0112
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
+# Tags that describe how a file's pixels are stored, not the photo: a TIFF's getexif() returns
+# them, and carried into another file they would contradict its real layout.
+_LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514}
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 
 
@@ -84,6 +88,8 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     color, alpha = _split_alpha(pixels)
     if orientation != 1:
         exif[_ORIENTATION] = 1
+    for tag in _LAYOUT_TAGS & set(exif):
+        del exif[tag]
     return Picture(color, alpha, bits, fmt, exif.tobytes() if len(exif) else None, icc)
 
 
@@ -143,7 +149,7 @@ def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
     if picture.icc and fmt != "BMP":
         options["icc_profile"] = picture.icc
     if picture.exif and fmt != "BMP":
-        options["exif"] = picture.exif
+        options["exif"] = _resized_exif(picture.exif, picture.size)
     if fmt == "JPEG":
         options.update(quality=95, subsampling=0)
     elif fmt == "WEBP":
@@ -151,6 +157,16 @@ def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
     elif fmt == "TIFF":
         options["compression"] = "tiff_deflate"
     img.save(path, format=fmt, **options)
+
+
+def _resized_exif(exif_bytes: bytes, size: tuple[int, int]) -> bytes:
+    """The EXIF with its recorded pixel dimensions brought up to date."""
+    exif = Image.Exif()
+    exif.load(exif_bytes)
+    details = exif.get_ifd(_EXIF_IFD)
+    if _PIXEL_X in details or _PIXEL_Y in details:
+        details[_PIXEL_Y], details[_PIXEL_X] = size
+    return exif.tobytes()
 
 
 def _quantize(x: np.ndarray, bits: int) -> np.ndarray:
