@@ -68,7 +68,7 @@ class TorchExecutor:
                 self.outputs[slot].copy_(self.forward(self.inputs[slot]))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
     stream: torch.cuda.Stream
     host_in: torch.Tensor  # pinned uint8
@@ -117,11 +117,12 @@ class StreamedBackend:
     def run(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         in_flight: deque[_Slot] = deque()
         for index, batch in enumerate(batches):
-            slot = self.slots[index % len(self.slots)]
+            number = index % len(self.slots)
+            slot = self.slots[number]
             if len(in_flight) == len(self.slots):
                 yield self._collect(in_flight.popleft())  # frees the slot we are about to reuse
             self._stage(batch, slot)
-            self._enqueue(slot)
+            self._enqueue(number, slot)
             in_flight.append(slot)
         while in_flight:
             yield self._collect(in_flight.popleft())
@@ -131,7 +132,7 @@ class StreamedBackend:
         pixels = (batch.clamp(0, 1) * 255).round_().to(torch.uint8)
         slot.host_in.copy_(pixels.permute(0, 2, 3, 1) if self.shape.layout == "nhwc" else pixels)
 
-    def _enqueue(self, slot: _Slot) -> None:
+    def _enqueue(self, number: int, slot: _Slot) -> None:
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if self.profile else []
         with torch.cuda.stream(slot.stream):
             if marks:
@@ -139,7 +140,7 @@ class StreamedBackend:
             slot.device_in.copy_(slot.host_in, non_blocking=True)
             if marks:
                 marks[1].record(slot.stream)
-            self.executor.launch(self.slots.index(slot), slot.stream)
+            self.executor.launch(number, slot.stream)
             if marks:
                 marks[2].record(slot.stream)
             slot.host_out.copy_(slot.device_out, non_blocking=True)
