@@ -118,7 +118,7 @@ def test_train_then_upscale_end_to_end(runner: CliRunner, tmp_path: Path) -> Non
     card = load_model(str(run / "last.safetensors")).card
     assert card.recipe["loss"] == "l1" and card.recipe["steps"] == 20 and card.recipe["data"] == "examples"
     assert card.recipe["command"].startswith(f"upscale train {EXAMPLES} -o {run} --arch compact --loss l1")
-    assert "--param channels=8" in card.recipe["command"] and "CPU" in card.recipe["hardware"]
+    assert "--param channels=8" in card.recipe["command"] and card.recipe["hardware"].endswith("threads")
 
     scored = tmp_path / "scored.safetensors"
     result = runner.invoke(app, ["eval", "--model", str(run / "best.safetensors"), str(val), "--record", str(scored), "--tile", "48", "--overlap", "8"])

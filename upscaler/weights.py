@@ -74,6 +74,7 @@ def save_model(module: nn.Module, card: ModelCard, path: Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=card.to_metadata())
+    tmp.chmod(0o644)  # weights are shared files, not secrets
     tmp.replace(path)
 
 
