@@ -1,7 +1,8 @@
 """`upscale dir`'s data path vs the naive loop: same model, same images, measured side by side.
 
-naive: eager fp32, NCHW, one whole image at a time, decode -> model -> encode in sequence.
-ours:  the `upscale dir` path (tiles, batching, channels_last, decode/encode beside inference).
+naive:      eager fp32, NCHW, one whole image at a time, decode -> model -> encode in sequence.
+ours fp32:  the `upscale dir` path (tiles, batching, channels_last, decode/encode beside inference).
+ours auto:  the same with --precision auto (bf16 on CPUs with native bf16, else fp32): the default.
 Both read the images from disk and write PNGs; model loading is outside both timings.
 
     python benchmarks/dir_vs_naive.py ../shared/datasets/Set14/LR_bicubic/X4 --model default
@@ -64,11 +65,14 @@ def main() -> None:
         with Image.open(source) as img:
             pixels += img.width * img.height
 
-    times: dict[str, float] = {"naive": float("inf"), "ours": float("inf")}
-    for _ in range(args.repeat):  # alternate, so both see the same machine state
-        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-            times["naive"] = min(times["naive"], naive(naive_module, sources, Path(a)))
-            times["ours"] = min(times["ours"], ours(settings, args.folder, sources, Path(b)))
+    variants = {"ours fp32": RunSettings(model=args.model, device="cpu", precision="fp32"), "ours auto": settings}
+    times: dict[str, float] = {name: float("inf") for name in ["naive", *variants]}
+    for _ in range(args.repeat):  # alternate, so all see the same machine state
+        with tempfile.TemporaryDirectory() as folder:
+            times["naive"] = min(times["naive"], naive(naive_module, sources, Path(folder)))
+        for name, variant in variants.items():
+            with tempfile.TemporaryDirectory() as folder:
+                times[name] = min(times[name], ours(variant, args.folder, sources, Path(folder)))
 
     print(f"model {loaded.source}: {macs:,.0f} MACs per input pixel; backend {opened.description}")
     print(f"{len(sources)} images, {pixels / 1e6:.3f} input megapixels, torch threads {torch.get_num_threads()}")
@@ -76,7 +80,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, seconds in times.items():
         print(f"| {name} | {seconds:.2f} | {len(sources) / seconds:.2f} | {pixels * macs * 2 / seconds / 1e9:.1f} |")
-    print(f"speed-up (naive wall / ours wall): {times['naive'] / times['ours']:.2f}x")
+    for name in variants:
+        print(f"speed-up of {name} over naive (wall time ratio): {times['naive'] / times[name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from upscaler.backends import RunSettings, open_backend
 from upscaler.cli import app
 from upscaler.compiler import CompileRequest, compile_model, probe_batch
+from upscaler.devices import cpu_has_native_bf16
 from upscaler.engine import TiledUpscaler, TorchBackend, unusable_tiles
 from upscaler.export import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
 from upscaler.metrics import psnr
@@ -107,9 +108,11 @@ def test_compile_model_reports_parity(tmp_path: Path) -> None:
 
 def test_backend_choice_on_cpu() -> None:
     loaded = load_model("default")
-    opened = open_backend(loaded, RunSettings(model="default", device="cpu"))
-    assert isinstance(opened.backend, TorchBackend) and opened.fallback is None
-    assert "torch cpu fp32" in opened.description
+    fp32 = open_backend(loaded, RunSettings(model="default", device="cpu", precision="fp32"))
+    assert isinstance(fp32.backend, TorchBackend) and fp32.fallback is None
+    assert "torch cpu fp32" in fp32.description
+    auto = open_backend(loaded, RunSettings(model="default", device="cpu"))
+    assert auto.description == ("torch cpu bf16" if cpu_has_native_bf16() else "torch cpu fp32")
     bf16 = open_backend(loaded, RunSettings(model="default", device="cpu", precision="bf16"))
     assert bf16.fallback is not None  # reduced precision gets an fp32 safety net
     for bad in ({"backend": "tensorrt"}, {"precision": "fp16"}, {"backend": "cuda-magic"}):

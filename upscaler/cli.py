@@ -78,7 +78,7 @@ ScaleOption = Annotated[int | None, typer.Option(min=1, help="Output scale; othe
 TileOption = Annotated[int, typer.Option(min=8, help="Tile size in input pixels; every tile has this one shape.")]
 OverlapOption = Annotated[int, typer.Option(min=0, help="Overlap between tiles in input pixels, blended.")]
 BatchOption = Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")]
-PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
+PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist alone (finishes an interrupted run).")]
 BackendOption = Annotated[Backend, typer.Option(help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]

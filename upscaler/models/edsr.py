@@ -23,7 +23,8 @@ class _ResidualBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x) * self.res_scale
+        residual = self.body(x)
+        return x + (residual if self.res_scale == 1.0 else residual * self.res_scale)
 
 
 @register("edsr", "EDSR: no batch norm, residual scaling; the baseline is 16 blocks x 64 channels")

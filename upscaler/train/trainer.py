@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..devices import channels_last
+from ..devices import channels_last, cpu_name
 from ..evaluate import module_upscaler, score_dataset
 from ..models import get_architecture
 from ..weights import ModelCard, save_model
@@ -237,16 +236,6 @@ def hardware_description(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
-
-def cpu_name() -> str:
-    """The CPU's marketing name where Linux tells it (platform.processor() is empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def metrics_logger(run_dir: Path) -> Callable[[dict[str, Any]], None]:
