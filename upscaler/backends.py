@@ -66,20 +66,18 @@ def open_backend(loaded: LoadedModel, settings: RunSettings, probe: np.ndarray |
     from .streams import StreamedBackend, TorchExecutor
 
     shape = TileShape(settings.batch, settings.tile)
+    detail = f"{_name(dtype)}, {settings.streams} stream(s)" + (", CUDA graphs" if settings.cuda_graphs else "")
     if settings.backend != "torch" and tensorrt_available():
         executor = _tensorrt_executor(loaded, settings, shape, device, dtype, probe)
         if executor is not None:
             backend = StreamedBackend(executor, loaded.card.scale, shape, settings.streams, device)
-            return OpenedBackend(backend, None, f"tensorrt {_name(dtype)}, {settings.streams} stream(s)")
+            return OpenedBackend(backend, None, f"tensorrt {detail}")
     if settings.backend == "tensorrt":
         raise ValueError("--backend tensorrt: TensorRT is not installed (pip install 'upscaler[tensorrt]' on an NVIDIA machine)")
     module = copy.deepcopy(loaded.module).to(device)
     executor = TorchExecutor(module, dtype, shape.layout, settings.cuda_graphs)
     backend = StreamedBackend(executor, loaded.card.scale, shape, settings.streams, device)
-    graphs = ", CUDA graphs" if settings.cuda_graphs else ""
-    return OpenedBackend(
-        backend, _fallback(loaded, settings, device, dtype), f"torch {device} {_name(dtype)}, {settings.streams} stream(s){graphs}"
-    )
+    return OpenedBackend(backend, _fallback(loaded, settings, device, dtype), f"torch {device} {detail}")
 
 
 def _tensorrt_executor(
@@ -95,7 +93,7 @@ def _tensorrt_executor(
     try:
         result = compile_model(loaded, request, device, probe if probe is not None else np.zeros((8, 8, 3), np.uint8))
         assert result.plan is not None
-        return TensorRTExecutor(EngineCache(settings.engines).read_plan(result.plan))
+        return TensorRTExecutor(EngineCache(settings.engines).read_plan(result.plan), settings.cuda_graphs)
     except Exception as exc:  # any build failure: auto falls back to torch, an explicit request fails
         if settings.backend == "tensorrt":
             raise ValueError(f"--backend tensorrt: {exc}") from exc
