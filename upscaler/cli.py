@@ -23,6 +23,7 @@ from .devices import resolve_device
 from .engine import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from .files import Job, discover, output_format, target_path
 from .pipeline import Summary, run_jobs, skip_existing
+from .weights import DEFAULT_MODEL
 
 app = typer.Typer(
     help="Make photos and video four times sharper with trained super-resolution generators.",
@@ -149,7 +150,7 @@ def upscale_dir(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images to upscale.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; relative paths are kept under it.")],
     scale: ScaleOption = None,
-    model: ModelOption = "default",
+    model: ModelOption = DEFAULT_MODEL,
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
     batch: BatchOption = DEFAULT_BATCH,
@@ -188,7 +189,7 @@ def upscale_image(
     source: Annotated[Path, typer.Argument(help="Image to upscale.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the format unless --format says otherwise.")],
     scale: ScaleOption = None,
-    model: ModelOption = "default",
+    model: ModelOption = DEFAULT_MODEL,
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
     batch: BatchOption = DEFAULT_BATCH,
@@ -247,7 +248,7 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 @app.command("eval")
 def evaluate(
     datasets: Annotated[list[Path], typer.Argument(help="Folders with HR/ and LR_bicubic/X4/ (e.g. Set5, Set14).")],
-    model: ModelOption = "default",
+    model: ModelOption = DEFAULT_MODEL,
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
     batch: BatchOption = DEFAULT_BATCH,
@@ -295,7 +296,7 @@ def evaluate(
 
 @app.command("compile")
 def compile_engine(
-    model: ModelOption = "default",
+    model: ModelOption = DEFAULT_MODEL,
     tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = DEFAULT_TILE,
     overlap: Annotated[int, typer.Option(help="Overlap this engine will be run with; checked against the tile.")] = DEFAULT_OVERLAP,
     batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
@@ -364,7 +365,7 @@ def _print_cache(cache: Any) -> None:
 
 @app.command("bench")
 def bench(
-    model: ModelOption = "default",
+    model: ModelOption = DEFAULT_MODEL,
     size: Annotated[str, typer.Option(help="Input frame size WIDTHxHEIGHT (960x540 upscales to 3840x2160).")] = "960x540",
     frames: Annotated[int, typer.Option(help="Timed frames.")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed frames first (autotuning, CUDA graph capture).")] = 2,
