@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from upscaler.images import Picture, PictureError, encode_picture, read_picture
 from .conftest import photo_array
 
 
+@functools.lru_cache(maxsize=1)
 def _srgb_icc() -> bytes:
+    """Built once: a profile's header holds its creation time, so two builds can differ."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

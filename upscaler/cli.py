@@ -261,14 +261,14 @@ def evaluate(
 
     `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
     """
-    from .evaluate import bicubic_upscaler, score_dataset, tiled_upscaler
+    from .evaluate import bicubic_upscaler, picture_upscaler, score_dataset
 
     try:
         if model == "bicubic":
             scale, upscale = 4, bicubic_upscaler(4)
         else:
-            picture_upscaler, loaded, _ = open_upscaler(_settings(model, None, tile, overlap, batch, device, precision))
-            scale, upscale = loaded.card.scale, tiled_upscaler(picture_upscaler)
+            upscale_picture, loaded, _ = open_upscaler(_settings(model, None, tile, overlap, batch, device, precision))
+            scale, upscale = loaded.card.scale, picture_upscaler(upscale_picture)
         results = [score_dataset(upscale, folder, scale) for folder in datasets]
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

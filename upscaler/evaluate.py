@@ -62,41 +62,19 @@ def score_dataset(upscale: UpscaleFn, folder: Path, scale: int) -> DatasetScore:
     return DatasetScore(folder.name, scores)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """CHW float [0,1] to HWC uint8, rounding to nearest."""
-    return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def _rgb_in_gray_out(fn: Callable[[torch.Tensor], torch.Tensor]) -> UpscaleFn:
-    """Wrap a CHW float RGB upscaler into the uint8, gray-aware UpscaleFn."""
+def bicubic_upscaler(scale: int) -> UpscaleFn:
+    """The MATLAB bicubic baseline, the `bicubic` row of the published tables (gray stays gray)."""
 
     def run(lr: np.ndarray) -> np.ndarray:
-        gray = lr.ndim == 2
-        rgb = np.stack([lr] * 3, axis=-1) if gray else lr
-        out = to_uint8(fn(torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255))
-        if gray:
-            return np.asarray(Image.fromarray(out).convert("L"))
-        return out
+        planes = torch.from_numpy(np.array(lr, dtype=np.float64))
+        planes = planes if lr.ndim == 2 else planes.permute(2, 0, 1)
+        out = imresize(planes, scale).round().clamp(0, 255).byte()
+        return (out if lr.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
     return run
 
 
-def bicubic_upscaler(scale: int) -> UpscaleFn:
-    """The MATLAB bicubic baseline, the `bicubic` row of the published tables."""
-    return _rgb_in_gray_out(lambda x: imresize(x.double(), scale).float())
-
-
-def module_upscaler(module: torch.nn.Module, device: torch.device) -> UpscaleFn:
-    """Whole-image forward pass in fp32: what training validation scores."""
-
-    @torch.no_grad()
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return module(x[None].to(device))[0].float().cpu()
-
-    return _rgb_in_gray_out(forward)
-
-
-def tiled_upscaler(upscale_picture: Callable[[Picture], Picture]) -> UpscaleFn:
+def picture_upscaler(upscale_picture: Callable[[Picture], Picture]) -> UpscaleFn:
     """Score what users get: the whole picture path, tiling and all."""
 
     def run(lr: np.ndarray) -> np.ndarray:

@@ -51,7 +51,8 @@ def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int
     """Yield one Outcome per job as its output is safely on disk (or has failed), in order.
 
     A failure of one job never stops the others. Closing the generator early (Ctrl-C)
-    cancels what has not started and waits for the writes in flight to finish or roll back.
+    cancels the reads that have not started and lets the queued writes finish; each write
+    is atomic, so every output name holds a complete file or nothing.
     """
     with ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(
         workers, thread_name_prefix="write"

@@ -11,6 +11,7 @@ outermost quarter of the overlap (the pixels the network saw with zero padding) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ def pad_to_grid(image: torch.Tensor, grid: TileGrid) -> torch.Tensor:
     return F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
 
 
+@lru_cache(maxsize=64)
 def _ramp(length: int, overlap: int, rise_start: bool, rise_end: bool) -> torch.Tensor:
     """1-D weights: 0 over a quarter of the overlap at an inner edge, linear to 1 over the rest."""
     weights = torch.ones(length)

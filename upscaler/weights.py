@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,11 @@ class LoadedModel:
     card: ModelCard
     module: nn.Module
     source: str
-    digest: str  # sha256 of the weights file: engine caches key on it
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the weights file, which engine caches key on; read only when asked for."""
+        return hashlib.sha256(Path(self.source).read_bytes()).hexdigest()
 
 
 def save_model(module: nn.Module, card: ModelCard, path: Path) -> None:
@@ -107,11 +112,10 @@ def read_card(path: Path) -> ModelCard:
 
 def load_model(spec: str) -> LoadedModel:
     path = resolve_model_path(spec)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     with safe_open(str(path), framework="pt") as handle:
         card = ModelCard.from_metadata(handle.metadata() or {}, str(path))
         state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     module = get_architecture(card.arch).build(**card.arch_params)
     module.load_state_dict(state)
     module.eval()
-    return LoadedModel(card=card, module=module, source=str(path), digest=digest)
+    return LoadedModel(card=card, module=module, source=str(path))

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..devices import channels_last, cpu_name
-from ..evaluate import module_upscaler, score_dataset
+from ..engine import PictureUpscaler, TiledUpscaler, TorchBackend
+from ..evaluate import picture_upscaler, score_dataset
 from ..models import get_architecture
 from ..weights import ModelCard, save_model
 from .data import PatchSampler
@@ -184,10 +185,11 @@ class Trainer:
         return float(loss.detach())
 
     def validate(self) -> dict[str, float]:
-        assert self.config.val is not None
-        self.model.eval()
-        score = score_dataset(module_upscaler(self.model, self.device), Path(self.config.val), self.config.scale)
-        self.model.train()
+        c = self.config
+        assert c.val is not None
+        backend = TorchBackend(self.model, c.scale, self.device, torch.float32, tile=256, batch=4)
+        score = score_dataset(picture_upscaler(PictureUpscaler(TiledUpscaler(backend), c.scale)), Path(c.val), c.scale)
+        self.model.train()  # the backend switched it to eval mode
         return {"val_psnr": score.psnr, "val_ssim": score.ssim}
 
     def run(self, log: Callable[[dict[str, Any]], None]) -> dict[str, float]:
