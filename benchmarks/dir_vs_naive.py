@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from upscaler.backends import RunSettings, open_upscaler
-from upscaler.files import Job, discover, output_format, target_path
+from upscaler.engine.backends import RunSettings, open_upscaler
+from upscaler.io.files import Job, discover, output_format, target_path
 from upscaler.models import macs_per_input_pixel
-from upscaler.pipeline import run_jobs
+from upscaler.engine.pipeline import run_jobs
 
 
 def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from upscaler.backends import RunSettings, open_upscaler
-from upscaler.bench import frame_from_photo, run_bench
-from upscaler.export import TileShape
+from upscaler.engine.backends import RunSettings, open_upscaler
+from upscaler.engine.bench import frame_from_photo, run_bench
+from upscaler.compile.onnx import TileShape
 from upscaler.models import macs_per_input_pixel
-from upscaler.streams import StreamedBackend, TorchExecutor, overlap_ms
-from upscaler.weights import load_model
+from upscaler.engine.streams import StreamedBackend, TorchExecutor, overlap_ms
+from upscaler.models.weights import load_model
 
 
 def overlap_report(model: str, tile: int, batch: int, streams: int, frame: np.ndarray) -> str:

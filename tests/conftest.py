@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from upscaler.models import get_architecture
-from upscaler.weights import ModelCard, save_model
+from upscaler.models.weights import ModelCard, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

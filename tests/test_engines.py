@@ -14,16 +14,16 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from upscaler.backends import RunSettings, open_backend
+from upscaler.engine.backends import RunSettings, open_backend
 from upscaler.cli import app
-from upscaler.compiler import CompileRequest, compile_model, probe_batch
-from upscaler.devices import cpu_has_native_bf16
-from upscaler.engine import TiledUpscaler, TorchBackend, unusable_tiles
-from upscaler.export import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
-from upscaler.metrics import psnr
-from upscaler.streams import overlap_ms
-from upscaler.trt.cache import EngineCache, EngineKey
-from upscaler.weights import load_model
+from upscaler.compile.compiler import CompileRequest, compile_model, probe_batch
+from upscaler.engine.devices import cpu_has_native_bf16
+from upscaler.engine.upscale import TiledUpscaler, TorchBackend, unusable_tiles
+from upscaler.compile.onnx import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
+from upscaler.quality.metrics import psnr
+from upscaler.engine.streams import overlap_ms
+from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.models.weights import load_model
 
 from .conftest import ROOT, photo_array
 
@@ -215,7 +215,7 @@ def _stubs_folder(tmp_path: Path) -> Path:
 def test_tensorrt_modules_pass_mypy_strict_against_the_stubs(tmp_path: Path) -> None:
     stubs = _stubs_folder(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", "upscaler/trt/"],
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", "upscaler/compile/trt/"],
         cwd=ROOT, capture_output=True, text=True, check=False, env={"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageCms
 from torch import nn
 
-from upscaler.engine import PictureUpscaler, TiledUpscaler, TorchBackend
-from upscaler.images import Picture, PictureError, encode_picture, read_picture
+from upscaler.engine.upscale import PictureUpscaler, TiledUpscaler, TorchBackend
+from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 
 from .conftest import photo_array
 

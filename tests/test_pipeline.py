@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from upscaler import pipeline
-from upscaler.files import Job
-from upscaler.images import Picture
+from upscaler.engine import pipeline
+from upscaler.io.files import Job
+from upscaler.io.images import Picture
 
 from .conftest import EXAMPLES
 

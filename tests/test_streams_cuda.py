@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from upscaler.backends import RunSettings, open_upscaler
-from upscaler.evaluate import dataset_pairs
-from upscaler.images import Picture
-from upscaler.metrics import psnr
+from upscaler.engine.backends import RunSettings, open_upscaler
+from upscaler.quality.evaluate import dataset_pairs
+from upscaler.io.images import Picture
+from upscaler.quality.metrics import psnr
 
 from .conftest import dataset
 

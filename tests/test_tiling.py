@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from upscaler.engine import DEFAULT_OVERLAP, TiledUpscaler, TorchBackend
+from upscaler.engine.upscale import DEFAULT_OVERLAP, TiledUpscaler, TorchBackend
 from upscaler.models import get_architecture
-from upscaler.tiling import TileGrid, axis_starts
-from upscaler.weights import load_model
+from upscaler.engine.tiling import TileGrid, axis_starts
+from upscaler.models.weights import load_model
 
 from .conftest import dataset, photo_array
 
@@ -70,7 +70,7 @@ def test_tiled_equals_whole_image_within_one_level_on_photos(arch: str) -> None:
 
 
 def test_builtin_model_tiles_seamlessly_on_set14() -> None:
-    from upscaler.evaluate import dataset_pairs
+    from upscaler.quality.evaluate import dataset_pairs
 
     loaded = load_model("default")
     for name, lr, _ in list(dataset_pairs(dataset("Set14"), 4))[:3]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from upscaler.models import get_architecture
-from upscaler.weights import ModelCard, load_model, read_card, resolve_model_path, save_model
+from upscaler.models.weights import ModelCard, load_model, read_card, resolve_model_path, save_model
 
 from .conftest import save_random_model
 

@@ -1,3 +1,3 @@
-from .cli import main
+from upscaler.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """Generator architectures; importing this package registers them all."""
 
-from . import compact, edsr, srresnet
-from .registry import (
+from upscaler.models import compact, edsr, srresnet
+from upscaler.models.registry import (
     ARCHITECTURES,
     Architecture,
     count_parameters,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .edsr import _ResidualBlock
-from .registry import register
+from upscaler.models.edsr import _ResidualBlock
+from upscaler.models.registry import register
 
 
 @register("compact", "CPU-sized: EDSR-style blocks on the LR grid, one sub-pixel upscale")

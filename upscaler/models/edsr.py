@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import register
-from .srresnet import _check_power_of_two
+from upscaler.models.registry import register
+from upscaler.models.srresnet import _check_power_of_two
 
 # DIV2K RGB mean, as in the EDSR reference code; subtracted on the way in, added on the way out.
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .registry import register
+from upscaler.models.registry import register
 
 
 class _ResidualBlock(nn.Module):

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import SUFFIX_FORMATS
-from ..resize import imresize
+from upscaler.io.images import SUFFIX_FORMATS
+from upscaler.quality.resize import imresize
 
 
 def find_images(folder: Path, recursive: bool = True) -> list[Path]:

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..devices import channels_last, cpu_name
-from ..engine import PictureUpscaler, TiledUpscaler, TorchBackend
-from ..evaluate import picture_upscaler, score_dataset
-from ..models import get_architecture
-from ..weights import ModelCard, save_model
-from .data import PatchSampler
+from upscaler.engine.devices import channels_last, cpu_name
+from upscaler.engine.upscale import PictureUpscaler, TiledUpscaler, TorchBackend
+from upscaler.models import get_architecture
+from upscaler.models.weights import ModelCard, save_model
+from upscaler.quality.evaluate import picture_upscaler, score_dataset
+from upscaler.train.data import PatchSampler
 
 # Paper defaults per architecture: (loss, learning rate, schedule).
 RECIPES: dict[str, tuple[str, float, str]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorrt as trt
 import torch
 
-from ..export import INPUT_NAME, OUTPUT_NAME
+from upscaler.compile.onnx import INPUT_NAME, OUTPUT_NAME
 
 
 class TensorRTExecutor:

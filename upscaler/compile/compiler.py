@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .export import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
-from .metrics import psnr
-from .trt.cache import EngineCache, EngineKey
-from .weights import LoadedModel
+from upscaler.compile.onnx import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
+from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.models.weights import LoadedModel
+from upscaler.quality.metrics import psnr
 
 DEFAULT_CACHE = Path("engines")
 
@@ -91,7 +91,7 @@ def compile_model(loaded: LoadedModel, request: CompileRequest, device: torch.de
         onnx_path = cache.onnx_path(key)
         return CompileResult(onnx_path, export_checked(loaded, request, onnx_path, photo), plan=None)
 
-    from .trt.build import BuildOptions, build_plan, tensorrt_version
+    from upscaler.compile.trt.build import BuildOptions, build_plan, tensorrt_version
 
     key = engine_key(loaded, request, tensorrt_version(), device)
     onnx_path = cache.onnx_path(key)

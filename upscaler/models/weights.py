@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .models import get_architecture
+from upscaler.models import get_architecture
 
 FORMAT = "upscaler/1"
 DEFAULT_MODEL = "default"

@@ -15,14 +15,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .compiler import DEFAULT_CACHE, CompileRequest, compile_model, tensorrt_available
-from .devices import resolve_device, resolve_precision
-from .engine import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Backend, PictureUpscaler, TiledUpscaler, TorchBackend
-from .export import TileShape
-from .weights import LoadedModel, load_model
+from upscaler.compile.compiler import DEFAULT_CACHE, CompileRequest, compile_model, tensorrt_available
+from upscaler.compile.onnx import TileShape
+from upscaler.engine.devices import resolve_device, resolve_precision
+from upscaler.engine.upscale import (
+    DEFAULT_BATCH,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    Backend,
+    PictureUpscaler,
+    TiledUpscaler,
+    TorchBackend,
+)
+from upscaler.models.weights import LoadedModel, load_model
 
 if TYPE_CHECKING:
-    from .streams import DeviceExecutor
+    from upscaler.engine.streams import DeviceExecutor
 
 log = logging.getLogger("upscaler")
 BACKENDS = ("auto", "tensorrt", "torch")
@@ -63,7 +71,7 @@ def open_backend(loaded: LoadedModel, settings: RunSettings, probe: np.ndarray |
         backend: Backend = TorchBackend(loaded.module, loaded.card.scale, device, dtype, settings.tile, settings.batch)
         return OpenedBackend(backend, _fallback(loaded, settings, device, dtype), f"torch cpu {_name(dtype)}")
 
-    from .streams import StreamedBackend, TorchExecutor
+    from upscaler.engine.streams import StreamedBackend, TorchExecutor
 
     shape = TileShape(settings.batch, settings.tile)
     detail = f"{_name(dtype)}, {settings.streams} stream(s)" + (", CUDA graphs" if settings.cuda_graphs else "")
@@ -85,8 +93,8 @@ def _tensorrt_executor(
     probe: np.ndarray | None,
 ) -> DeviceExecutor | None:
     """A TensorRT executor from the cache (building the engine if needed), or None to fall back."""
-    from .trt.cache import EngineCache
-    from .trt.runtime import TensorRTExecutor
+    from upscaler.compile.trt.cache import EngineCache
+    from upscaler.compile.trt.runtime import TensorRTExecutor
 
     precision = "fp32" if dtype == torch.float32 else "fp16"
     request = CompileRequest(shape, precision, settings.engines)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import channels_last
-from .images import Picture
-from .tiling import Stitcher, TileGrid, pad_to_grid
+from upscaler.engine.devices import channels_last
+from upscaler.engine.tiling import Stitcher, TileGrid, pad_to_grid
+from upscaler.io.images import Picture
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 24

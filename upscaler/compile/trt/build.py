@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorrt as trt
 
-from ..export import INPUT_NAME, TileShape
+from upscaler.compile.onnx import INPUT_NAME, TileShape
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import FORMATS, SUFFIX_FORMATS, SUFFIXES
+from upscaler.io.images import FORMATS, SUFFIX_FORMATS, SUFFIXES
 
 TEMP_PREFIX = ".upscale-"
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import Picture
-from .metrics import psnr_y, ssim_y
-from .resize import imresize
+from upscaler.io.images import Picture
+from upscaler.quality.metrics import psnr_y, ssim_y
+from upscaler.quality.resize import imresize
 
 # uint8 HxW (gray) or HxWx3 in, uint8 of the same kind at `scale` times the size out.
 UpscaleFn = Callable[[np.ndarray], np.ndarray]

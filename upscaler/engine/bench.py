@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .engine import PictureUpscaler
-from .images import Picture
+from upscaler.engine.upscale import PictureUpscaler
+from upscaler.io.images import Picture
 
 
 @dataclass

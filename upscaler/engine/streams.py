@@ -18,8 +18,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .devices import channels_last
-from .export import ByteIO, TileShape
+from upscaler.compile.onnx import ByteIO, TileShape
+from upscaler.engine.devices import channels_last
 
 
 class DeviceExecutor(Protocol):

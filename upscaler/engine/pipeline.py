@@ -14,8 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import Job, write_atomically
-from .images import Picture, PictureError, encode_picture, read_picture
+from upscaler.io.files import Job, write_atomically
+from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 
 Upscale = Callable[[Picture], Picture]
 

@@ -1,0 +1,87 @@
+"""`upscale compile`: a model into a checked ONNX graph and a cached TensorRT engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from upscaler.cli.app import app, console, fail
+from upscaler.cli.options import DeviceOption, ModelOption
+from upscaler.compile.compiler import DEFAULT_CACHE
+from upscaler.engine.devices import resolve_device
+from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.models.weights import DEFAULT_MODEL
+
+
+@app.command("compile")
+def compile_engine(
+    model: ModelOption = DEFAULT_MODEL,
+    tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option(help="Overlap this engine will be run with; checked against the tile.")] = DEFAULT_OVERLAP,
+    batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
+    precision: Annotated[str, typer.Option(help="fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed).")] = "fp16",
+    layout: Annotated[str, typer.Option(help="uint8 I/O layout: nhwc or nchw.")] = "nhwc",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Engine cache folder.")] = DEFAULT_CACHE,
+    workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 4096,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
+    device: DeviceOption = "auto",
+    list_cache: Annotated[bool, typer.Option("--list", help="Show the engine cache and exit.")] = False,
+) -> None:
+    """Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape.
+
+    The ONNX graph (uint8 in and out, precision inside) is exported, checked and kept beside the
+    engine. Without TensorRT the ONNX file is still made and checked; the exit code is then 3.
+    """
+    from upscaler.compile.compiler import CompileRequest, compile_model
+    from upscaler.compile.onnx import TileShape
+    from upscaler.compile.trt.cache import EngineCache
+    from upscaler.engine.tiling import TileGrid
+    from upscaler.models.weights import load_model
+
+    if list_cache:
+        _print_cache(EngineCache(out))
+        return
+    try:
+        if precision not in ("fp16", "fp32") or layout not in ("nhwc", "nchw"):
+            raise ValueError("--precision must be fp16 or fp32 and --layout nhwc or nchw")
+        TileGrid.for_image(tile, tile, tile, overlap)
+        loaded = load_model(model)
+        request = CompileRequest(TileShape(batch, tile, layout), precision, out, workspace, opt_level)
+        result = compile_model(loaded, request, resolve_device(device), _probe_pixels())
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"onnx: {result.onnx}", highlight=False)
+    if result.onnx_psnr is not None:
+        console.print(f"onnx parity (onnxruntime vs torch fp32): {result.onnx_psnr:.1f} dB", highlight=False)
+    if result.plan is None:
+        raise fail("TensorRT is not installed: the engine build needs the `tensorrt` extra on an NVIDIA machine "
+                   "(pip install 'upscaler[tensorrt]'); the ONNX file above is ready for trtexec or onnxruntime", 3)
+    console.print(f"engine: {result.plan}{' (cached)' if result.cached else ''}", highlight=False)
+
+
+def _probe_pixels() -> np.ndarray:
+    """A real photo for the parity check (the checkout's first example), else a gradient."""
+    from upscaler.io.images import read_picture
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    photos = sorted(examples.glob("*.png")) if examples.is_dir() else []
+    if photos:
+        return (np.atleast_3d(read_picture(photos[0]).color)[..., :3] * 255).round().astype(np.uint8)
+    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3)
+    return ramp.astype(np.uint8)
+
+
+def _print_cache(cache: Any) -> None:
+    table = Table(title=f"engine cache {cache.folder}")
+    for column in ("model", "tile", "batch", "layout", "precision", "TensorRT", "GPU", "plan"):
+        table.add_column(column)
+    for entry in cache.entries():
+        k = entry.key
+        table.add_row(k.model_name, str(k.tile), str(k.batch), k.layout, k.precision, k.tensorrt_version,
+                      f"{k.gpu_name} (sm {k.compute_capability})", entry.plan)
+    Console().print(table)

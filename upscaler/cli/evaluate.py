@@ -1,0 +1,66 @@
+"""`upscale eval`: PSNR/SSIM on paired datasets, the published protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from upscaler.cli.app import app, console, fail
+from upscaler.cli.options import BatchOption, DeviceOption, ModelOption, OverlapOption, TileOption, _settings
+from upscaler.engine.backends import open_upscaler
+from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.models.weights import DEFAULT_MODEL
+
+
+@app.command("eval")
+def evaluate(
+    datasets: Annotated[list[Path], typer.Argument(help="Folders with HR/ and LR_bicubic/X4/ (e.g. Set5, Set14).")],
+    model: ModelOption = DEFAULT_MODEL,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 by default: scores are measured exactly.")] = "fp32",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    record: Annotated[Path | None, typer.Option(help="Write a copy of the model with these mean scores in its metadata.")] = None,
+) -> None:
+    """PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale).
+
+    `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
+    """
+    from upscaler.quality.evaluate import bicubic_upscaler, picture_upscaler, score_dataset
+
+    try:
+        if model == "bicubic":
+            scale, upscale = 4, bicubic_upscaler(4)
+        else:
+            upscale_picture, loaded, _ = open_upscaler(_settings(model, None, tile, overlap, batch, device, precision))
+            scale, upscale = loaded.card.scale, picture_upscaler(upscale_picture)
+        results = [score_dataset(upscale, folder, scale) for folder in datasets]
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    if record is not None:
+        if model == "bicubic":
+            raise fail("--record needs a model file, not bicubic")
+        from upscaler.models.weights import save_model
+
+        loaded.card.scores.update({r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
+        save_model(loaded.module.float().cpu(), loaded.card, record)
+        console.print(f"scores recorded in {record}", highlight=False)
+    if as_json:
+        payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}
+        typer.echo(json.dumps({"model": model, "scale": scale, "datasets": payload}, indent=2))
+        return
+    table = Table(title=f"{model} x{scale} (Y channel, border {scale})")
+    for column in ("dataset", "image", "PSNR dB", "SSIM"):
+        table.add_column(column)
+    for result in results:
+        for image in result.images:
+            table.add_row(result.name, image.name, f"{image.psnr:.2f}", f"{image.ssim:.4f}")
+        table.add_row(f"[bold]{result.name}[/]", "[bold]mean[/]", f"[bold]{result.psnr:.2f}[/]", f"[bold]{result.ssim:.4f}[/]")
+    Console().print(table)

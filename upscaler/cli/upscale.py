@@ -1,0 +1,160 @@
+"""`upscale dir` and `upscale image`: pictures through the engine, safely onto disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
+from upscaler.cli.options import (
+    Backend,
+    BackendOption,
+    BatchOption,
+    DeviceOption,
+    EnginesOption,
+    FormatOption,
+    GraphsOption,
+    ModelOption,
+    OutputFormat,
+    OverlapOption,
+    PrecisionOption,
+    ScaleOption,
+    SkipOption,
+    StreamsOption,
+    TileOption,
+    _settings,
+)
+from upscaler.compile.compiler import DEFAULT_CACHE
+from upscaler.engine.backends import RunSettings, open_upscaler
+from upscaler.engine.pipeline import Summary, run_jobs, skip_existing
+from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.io.files import Job, discover, output_format, target_path
+from upscaler.models.weights import DEFAULT_MODEL
+
+
+def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
+    """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
+    try:
+        upscale, loaded, opened = open_upscaler(settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    summary = Summary(skipped=skipped)
+    columns = (
+        TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    interrupted = False
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("upscale", total=len(jobs), rate=0.0)
+        outcomes = run_jobs(jobs, upscale)
+        try:
+            for outcome in outcomes:
+                summary.add(outcome)
+                if not outcome.ok:
+                    progress.console.print(f"[red]error:[/] {escape(f'{outcome.job.source}: {outcome.error}')}", highlight=False, soft_wrap=True)
+                elapsed = time.perf_counter() - started
+                progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
+        except KeyboardInterrupt:
+            interrupted = True
+            outcomes.close()
+    summary.seconds = time.perf_counter() - started
+    _print_summary(summary, loaded.source, opened.description)
+    if interrupted:
+        left = len(jobs) - summary.done - summary.failed
+        raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_summary(summary: Summary, model: str, backend: str = "") -> None:
+    table = Table(title="upscale summary", show_header=False)
+    table.add_row("model", model)
+    if backend:
+        table.add_row("backend", backend)
+    table.add_row("written", str(summary.done))
+    table.add_row("skipped (already there)", str(summary.skipped))
+    table.add_row("failed", f"[red]{summary.failed}[/]" if summary.failed else "0")
+    table.add_row("wall time", f"{summary.seconds:.2f} s")
+    if summary.seconds > 0 and summary.done:
+        table.add_row("images/s", f"{summary.done / summary.seconds:.2f}")
+        table.add_row("input megapixels/s", f"{summary.input_pixels / 1e6 / summary.seconds:.3f}")
+    console.print(table)
+
+
+@app.command("dir")
+def upscale_dir(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images to upscale.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; relative paths are kept under it.")],
+    scale: ScaleOption = None,
+    model: ModelOption = DEFAULT_MODEL,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    format: FormatOption = OutputFormat.keep,
+    skip_existing_outputs: SkipOption = False,
+    backend: BackendOption = Backend.auto,
+    streams: StreamsOption = 2,
+    cuda_graphs: GraphsOption = False,
+    engines: EnginesOption = DEFAULT_CACHE,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+) -> None:
+    """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
+
+    Outputs are written under a temporary name and renamed, so OUT never holds a partial file;
+    a bad input is reported on one line and the rest goes on; the exit code is 1 if any failed.
+    """
+    if not in_dir.is_dir():
+        raise fail(f"{in_dir}: not a folder")
+    sources = discover(in_dir, out, recursive)
+    try:
+        jobs = [Job(src, target_path(src, in_dir, out, fmt), fmt) for src in sources for fmt in [output_format(src, format.value)]]
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    skipped: list[Path] = []
+    if skip_existing_outputs:
+        jobs, skipped = skip_existing(jobs)
+    if not sources:
+        console.print(f"[yellow]no images found in {in_dir}[/]")
+    _run_batch(jobs, _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), len(skipped))
+
+
+@app.command("image")
+def upscale_image(
+    source: Annotated[Path, typer.Argument(help="Image to upscale.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the format unless --format says otherwise.")],
+    scale: ScaleOption = None,
+    model: ModelOption = DEFAULT_MODEL,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
+    batch: BatchOption = DEFAULT_BATCH,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    format: FormatOption = OutputFormat.keep,
+    skip_existing_outputs: SkipOption = False,
+    backend: BackendOption = Backend.auto,
+    streams: StreamsOption = 2,
+    cuda_graphs: GraphsOption = False,
+    engines: EnginesOption = DEFAULT_CACHE,
+) -> None:
+    """Upscale one image."""
+    from upscaler.io.images import SUFFIX_FORMATS
+
+    if not source.is_file():
+        raise fail(f"{source}: no such file")
+    if format is not OutputFormat.keep:
+        fmt = output_format(source, format.value)
+    else:
+        fmt = SUFFIX_FORMATS.get(out.suffix.lower()) or SUFFIX_FORMATS.get(source.suffix.lower(), "PNG")
+    if skip_existing_outputs and out.exists():
+        _print_summary(Summary(skipped=1), model)
+        return
+    _run_batch([Job(source, out, fmt)], _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), 0)

@@ -1,0 +1,1 @@
+"""Ahead-of-time compilation: ONNX export and TensorRT engines with their cache."""

@@ -1,0 +1,1 @@
+"""Measuring quality: metrics, MATLAB-exact resizing, dataset evaluation."""
