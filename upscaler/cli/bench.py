@@ -11,59 +11,41 @@ from rich.table import Table
 
 from upscaler.cli.app import app, fail
 from upscaler.cli.compile import _probe_pixels
-from upscaler.cli.options import (
-    Backend,
-    BackendOption,
-    BatchOption,
-    DeviceOption,
-    EnginesOption,
-    GraphsOption,
-    ModelOption,
-    OverlapOption,
-    PrecisionOption,
-    StreamsOption,
-    TileOption,
-    _settings,
-)
-from upscaler.compile.compiler import DEFAULT_CACHE
-from upscaler.engine.backends import open_upscaler
-from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
-from upscaler.models.weights import DEFAULT_MODEL
+from upscaler.cli.options import run_options
+from upscaler.engine.settings import RunSettings
 
 
 @app.command("bench")
+@run_options
 def bench(
-    model: ModelOption = DEFAULT_MODEL,
+    settings: RunSettings,
     size: Annotated[str, typer.Option(help="Input frame size WIDTHxHEIGHT (960x540 upscales to 3840x2160).")] = "960x540",
-    frames: Annotated[int, typer.Option(help="Timed frames.")] = 10,
-    warmup: Annotated[int, typer.Option(help="Untimed frames first (autotuning, CUDA graph capture).")] = 2,
-    tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = DEFAULT_OVERLAP,
-    batch: BatchOption = DEFAULT_BATCH,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
-    backend: BackendOption = Backend.auto,
-    streams: StreamsOption = 2,
-    cuda_graphs: GraphsOption = False,
-    engines: EnginesOption = DEFAULT_CACHE,
+    frames: Annotated[int, typer.Option(min=1, help="Timed frames.")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed frames first (autotuning, CUDA graph capture).")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Latency (p50/p95) and throughput of the full tiled path on frames of one size."""
+    """Latency (p50/p95) and throughput of the whole frame path on frames of one size.
+
+    Frames go through the same engine as `video` and `pipe` (tiles, blending, quantising, and on
+    CUDA the frames in flight on several streams); decoding and encoding are not included.
+    """
     from upscaler.engine.bench import frame_from_photo, run_bench
+    from upscaler.engine.engine import open_engine
     from upscaler.models import macs_per_input_pixel
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
-        settings = _settings(model, None, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines)
-        upscale, loaded, opened = open_upscaler(settings)
+        engine = open_engine(settings)
         frame = frame_from_photo(_probe_pixels(), width, height)
-        result = run_bench(upscale, frame, frames, warmup, macs_per_input_pixel(loaded.module))
+        result = run_bench(engine, frame, frames, warmup, macs_per_input_pixel(engine.model.module))
     except ValueError as exc:
         raise fail(str(exc)) from None
+    grid = engine.plan.tiles.for_frames().grid(height, width)
     report = {
-        "model": loaded.source, "backend": opened.description, "size": f"{width}x{height}", "frames": frames,
+        "model": engine.model.source, "backend": engine.description, "size": f"{width}x{height}", "frames": frames,
         "fps": result.fps, "p50_ms": result.p50_ms, "p95_ms": result.p95_ms,
         "input_megapixels_per_s": result.input_pixels * result.fps / 1e6, "useful_gflops": result.useful_gflops,
+        "tiles": len(grid.origins), "computed_pixel_ratio": grid.computed_pixels / (width * height),
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))

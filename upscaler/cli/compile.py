@@ -14,14 +14,15 @@ from upscaler.cli.app import app, console, fail
 from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.compile.compiler import DEFAULT_CACHE
 from upscaler.engine.devices import resolve_device
-from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.engine.plan import STATIC_PHOTO_TILE
+from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP
 from upscaler.models.weights import DEFAULT_MODEL
 
 
 @app.command("compile")
 def compile_engine(
     model: ModelOption = DEFAULT_MODEL,
-    tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = DEFAULT_TILE,
+    tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = STATIC_PHOTO_TILE,
     overlap: Annotated[int, typer.Option(help="Overlap this engine will be run with; checked against the tile.")] = DEFAULT_OVERLAP,
     batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
     precision: Annotated[str, typer.Option(help="fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed).")] = "fp16",
@@ -40,7 +41,7 @@ def compile_engine(
     from upscaler.compile.compiler import CompileRequest, compile_model
     from upscaler.compile.onnx import TileShape
     from upscaler.compile.trt.cache import EngineCache
-    from upscaler.engine.tiling import TileGrid
+    from upscaler.engine.tiling import check_overlap
     from upscaler.models.weights import load_model
 
     if list_cache:
@@ -49,7 +50,7 @@ def compile_engine(
     try:
         if precision not in ("fp16", "fp32") or layout not in ("nhwc", "nchw"):
             raise ValueError("--precision must be fp16 or fp32 and --layout nhwc or nchw")
-        TileGrid.for_image(tile, tile, tile, overlap)
+        check_overlap(tile, overlap)
         loaded = load_model(model)
         request = CompileRequest(TileShape(batch, tile, layout), precision, out, workspace, opt_level)
         result = compile_model(loaded, request, resolve_device(device), _probe_pixels())
@@ -71,7 +72,7 @@ def _probe_pixels() -> np.ndarray:
     examples = Path(__file__).resolve().parent.parent / "examples"
     photos = sorted(examples.glob("*.png")) if examples.is_dir() else []
     if photos:
-        return (np.atleast_3d(read_picture(photos[0]).color)[..., :3] * 255).round().astype(np.uint8)
+        return np.ascontiguousarray(np.atleast_3d(read_picture(photos[0]).color)[..., :3])
     ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3)
     return ramp.astype(np.uint8)
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from upscaler.cli.app import app, console, fail
-from upscaler.cli.options import BatchOption, DeviceOption, ModelOption, OverlapOption, TileOption, _settings
-from upscaler.engine.backends import open_upscaler
-from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.cli.options import DeviceOption, ModelOption
+from upscaler.engine.engine import open_engine
+from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
 from upscaler.models.weights import DEFAULT_MODEL
 
 
@@ -21,9 +21,9 @@ from upscaler.models.weights import DEFAULT_MODEL
 def evaluate(
     datasets: Annotated[list[Path], typer.Argument(help="Folders with HR/ and LR_bicubic/X4/ (e.g. Set5, Set14).")],
     model: ModelOption = DEFAULT_MODEL,
-    tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = DEFAULT_OVERLAP,
-    batch: BatchOption = DEFAULT_BATCH,
+    tile: Annotated[str, typer.Option(help="auto or a tile size in pixels (see `upscale dir --help`).")] = "auto",
+    overlap: Annotated[int, typer.Option(min=0, help="Overlap between tiles in input pixels, blended.")] = DEFAULT_OVERLAP,
+    batch: Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")] = DEFAULT_BATCH,
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32 by default: scores are measured exactly.")] = "fp32",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -39,8 +39,10 @@ def evaluate(
         if model == "bicubic":
             scale, upscale = 4, bicubic_upscaler(4)
         else:
-            upscale_picture, loaded, _ = open_upscaler(_settings(model, None, tile, overlap, batch, device, precision))
-            scale, upscale = loaded.card.scale, picture_upscaler(upscale_picture)
+            settings = RunSettings(model=model, tile=parse_tile(tile), overlap=overlap, batch=batch, device=device, precision=precision)
+            engine = open_engine(settings)
+            loaded = engine.model
+            scale, upscale = loaded.card.scale, picture_upscaler(engine.upscale)
         results = [score_dataset(upscale, folder, scale) for folder in datasets]
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

@@ -1,15 +1,22 @@
-"""Options shared by several commands, declared once."""
+"""Options shared by several commands, declared once.
+
+`@run_options` adds the inference options (model, scale, tiling, device, precision, backend,
+streams...) to a command and hands it one `RunSettings` instead of a dozen arguments.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from upscaler.compile.compiler import DEFAULT_CACHE
-from upscaler.engine.backends import RunSettings
+from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_ENGINES, DEFAULT_OVERLAP, RunSettings, parse_tile
+from upscaler.models.weights import DEFAULT_MODEL
 
 
 class OutputFormat(str, Enum):
@@ -28,22 +35,68 @@ class Backend(str, Enum):
 
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in model name or a .safetensors file.")]
-ScaleOption = Annotated[int | None, typer.Option(min=1, help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's, 4].")]
-TileOption = Annotated[int, typer.Option(min=8, help="Tile size in input pixels; every tile has this one shape.")]
-OverlapOption = Annotated[int, typer.Option(min=0, help="Overlap between tiles in input pixels, blended.")]
-BatchOption = Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")]
-PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in or imported model name, or a model file.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
-SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist alone (finishes an interrupted run).")]
-BackendOption = Annotated[Backend, typer.Option(help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]
-StreamsOption = Annotated[int, typer.Option(min=1, help="CUDA streams kept busy at once (copies and compute overlap).")]
-GraphsOption = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the fixed-shape torch forward as a CUDA graph.")]
-EnginesOption = Annotated[Path, typer.Option(help="Engine cache folder.")]
+SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complete outputs that already exist alone (finishes an interrupted run).")]
+
+_P = inspect.Parameter
+_RUN_PARAMETERS = [
+    _P("model", _P.KEYWORD_ONLY, default=DEFAULT_MODEL, annotation=ModelOption),
+    _P("scale", _P.KEYWORD_ONLY, default=None, annotation=Annotated[int | None, typer.Option(
+        min=1, max=16, help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's].")]),
+    _P("tile", _P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
+        help="auto: whole images, split evenly only where the memory budget requires; N: square N-pixel tiles of one fixed shape.")]),
+    _P("overlap", _P.KEYWORD_ONLY, default=DEFAULT_OVERLAP, annotation=Annotated[int, typer.Option(
+        min=0, help="Overlap between tiles in input pixels, blended.")]),
+    _P("batch", _P.KEYWORD_ONLY, default=DEFAULT_BATCH, annotation=Annotated[int, typer.Option(
+        min=1, help="Tiles per inference batch.")]),
+    _P("device", _P.KEYWORD_ONLY, default="auto", annotation=DeviceOption),
+    _P("precision", _P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
+        help="auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16.")]),
+    _P("backend", _P.KEYWORD_ONLY, default=Backend.auto, annotation=Annotated[Backend, typer.Option(
+        help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]),
+    _P("streams", _P.KEYWORD_ONLY, default=2, annotation=Annotated[int, typer.Option(
+        min=1, max=16, help="Frames in flight on separate CUDA streams (uploads, compute and downloads overlap).")]),
+    _P("cuda_graphs", _P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Replay the fixed-shape torch forward as a CUDA graph.")]),
+    _P("compile_model", _P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="torch.compile the model for its fixed shape (CUDA).")]),
+    _P("memory_budget", _P.KEYWORD_ONLY, default=None, annotation=Annotated[int | None, typer.Option(
+        min=64, help="MiB the engine may use for one tile's work [default: derived from free memory].")]),
+    _P("engines", _P.KEYWORD_ONLY, default=DEFAULT_ENGINES, annotation=Annotated[Path, typer.Option(
+        help="Engine cache folder.")]),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
+def run_options(command: F) -> F:
+    """Give `command` the shared inference options; it receives them as `settings: RunSettings`."""
+    signature = inspect.signature(command)
+    hints = get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "settings"]
 
-def _settings(model: str, scale: int | None, tile: int, overlap: int, batch: int, device: str, precision: str,
-              backend: Backend = Backend.auto, streams: int = 2, cuda_graphs: bool = False, engines: Path = DEFAULT_CACHE) -> RunSettings:
-    return RunSettings(model=model, scale=scale, tile=tile, overlap=overlap, batch=batch, device=device, precision=precision,
-                       backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, engines=engines)
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {p.name: kwargs.pop(p.name) for p in _RUN_PARAMETERS}
+        return command(settings=settings_from(**given), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + _RUN_PARAMETERS)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + _RUN_PARAMETERS}
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from(
+    model: str, scale: int | None, tile: str, overlap: int, batch: int, device: str, precision: str,
+    backend: Backend, streams: int, cuda_graphs: bool, compile_model: bool, memory_budget: int | None, engines: Path,
+) -> RunSettings:
+    """The options as typed, validated where that needs no model or device; raises typer.BadParameter."""
+    try:
+        tile_size = parse_tile(tile)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tile") from None
+    return RunSettings(
+        model=model, scale=scale, tile=tile_size, overlap=overlap, batch=batch, device=device, precision=precision,
+        backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, compile=compile_model,
+        memory_budget_mib=memory_budget, engines=engines,
+    )

@@ -12,36 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
-from upscaler.cli.options import (
-    Backend,
-    BackendOption,
-    BatchOption,
-    DeviceOption,
-    EnginesOption,
-    FormatOption,
-    GraphsOption,
-    ModelOption,
-    OutputFormat,
-    OverlapOption,
-    PrecisionOption,
-    ScaleOption,
-    SkipOption,
-    StreamsOption,
-    TileOption,
-    _settings,
-)
-from upscaler.compile.compiler import DEFAULT_CACHE
-from upscaler.engine.backends import RunSettings, open_upscaler
-from upscaler.engine.pipeline import Summary, run_jobs, skip_existing
-from upscaler.engine.upscale import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from upscaler.cli.options import FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.engine.engine import open_engine
+from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
+from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job, discover, output_format, target_path
-from upscaler.models.weights import DEFAULT_MODEL
 
 
 def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
     try:
-        upscale, loaded, opened = open_upscaler(settings)
+        engine = open_engine(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     summary = Summary(skipped=skipped)
@@ -53,19 +34,24 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
     interrupted = False
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("upscale", total=len(jobs), rate=0.0)
-        outcomes = run_jobs(jobs, upscale)
+        runner = JobRunner(jobs, engine.upscale)
+
+        def report(outcome: Outcome) -> None:
+            summary.add(outcome)
+            if not outcome.ok:
+                progress.console.print(f"[red]error:[/] {escape(f'{outcome.job.source}: {outcome.error}')}", highlight=False, soft_wrap=True)
+            elapsed = time.perf_counter() - started
+            progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
+
         try:
-            for outcome in outcomes:
-                summary.add(outcome)
-                if not outcome.ok:
-                    progress.console.print(f"[red]error:[/] {escape(f'{outcome.job.source}: {outcome.error}')}", highlight=False, soft_wrap=True)
-                elapsed = time.perf_counter() - started
-                progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
+            for outcome in runner:
+                report(outcome)
         except KeyboardInterrupt:
             interrupted = True
-            outcomes.close()
+        for outcome in runner.drain():
+            report(outcome)
     summary.seconds = time.perf_counter() - started
-    _print_summary(summary, loaded.source, opened.description)
+    _print_summary(summary, engine.model.source, engine.description)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
         raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
@@ -89,22 +75,13 @@ def _print_summary(summary: Summary, model: str, backend: str = "") -> None:
 
 
 @app.command("dir")
+@run_options
 def upscale_dir(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images to upscale.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; relative paths are kept under it.")],
-    scale: ScaleOption = None,
-    model: ModelOption = DEFAULT_MODEL,
-    tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = DEFAULT_OVERLAP,
-    batch: BatchOption = DEFAULT_BATCH,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
+    settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
-    backend: BackendOption = Backend.auto,
-    streams: StreamsOption = 2,
-    cuda_graphs: GraphsOption = False,
-    engines: EnginesOption = DEFAULT_CACHE,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
 ) -> None:
     """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
@@ -124,26 +101,17 @@ def upscale_dir(
         jobs, skipped = skip_existing(jobs)
     if not sources:
         console.print(f"[yellow]no images found in {in_dir}[/]")
-    _run_batch(jobs, _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), len(skipped))
+    _run_batch(jobs, settings, len(skipped))
 
 
 @app.command("image")
+@run_options
 def upscale_image(
     source: Annotated[Path, typer.Argument(help="Image to upscale.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the format unless --format says otherwise.")],
-    scale: ScaleOption = None,
-    model: ModelOption = DEFAULT_MODEL,
-    tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = DEFAULT_OVERLAP,
-    batch: BatchOption = DEFAULT_BATCH,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
+    settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
-    backend: BackendOption = Backend.auto,
-    streams: StreamsOption = 2,
-    cuda_graphs: GraphsOption = False,
-    engines: EnginesOption = DEFAULT_CACHE,
 ) -> None:
     """Upscale one image."""
     from upscaler.io.images import SUFFIX_FORMATS
@@ -155,6 +123,6 @@ def upscale_image(
     else:
         fmt = SUFFIX_FORMATS.get(out.suffix.lower()) or SUFFIX_FORMATS.get(source.suffix.lower(), "PNG")
     if skip_existing_outputs and out.exists():
-        _print_summary(Summary(skipped=1), model)
+        _print_summary(Summary(skipped=1), settings.model)
         return
-    _run_batch([Job(source, out, fmt)], _settings(model, scale, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines), 0)
+    _run_batch([Job(source, out, fmt)], settings, 0)

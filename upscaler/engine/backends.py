@@ -1,128 +1,89 @@
-"""Choosing and opening the backend that runs a loaded model; the CLI never names a backend class.
+"""Backends: what runs the model on a batch of float tiles that are already on the device.
 
-auto: TensorRT when it is installed and a matching engine is cached or can be built, else
-torch on CUDA streams, else torch on the CPU.
+Each backend works on its own copy of the model in its own dtype; the loaded model is never
+converted in place, so the fp32 fallback really is fp32 and `eval --record` saves what it read.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-import numpy as np
 import torch
+from torch import nn
 
-from upscaler.compile.compiler import DEFAULT_CACHE, CompileRequest, compile_model, tensorrt_available
-from upscaler.compile.onnx import TileShape
-from upscaler.engine.devices import resolve_device, resolve_precision
-from upscaler.engine.upscale import (
-    DEFAULT_BATCH,
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE,
-    Backend,
-    PictureUpscaler,
-    TiledUpscaler,
-    TorchBackend,
-)
-from upscaler.models.weights import LoadedModel, load_model
-
-if TYPE_CHECKING:
-    from upscaler.engine.streams import DeviceExecutor
+from upscaler.engine.devices import channels_last
+from upscaler.engine.frames import ModelRunner, Runner
+from upscaler.engine.plan import RunPlan
+from upscaler.models.weights import LoadedModel
 
 log = logging.getLogger("upscaler")
-BACKENDS = ("auto", "tensorrt", "torch")
 
 
-@dataclass
-class RunSettings:
-    model: str
-    scale: int | None = None  # output scale; None = the model's own
-    tile: int = DEFAULT_TILE
-    overlap: int = DEFAULT_OVERLAP
-    batch: int = DEFAULT_BATCH
-    device: str = "auto"
-    precision: str = "auto"
-    backend: str = "auto"
-    streams: int = 2
-    cuda_graphs: bool = False
-    engines: Path = DEFAULT_CACHE
+class TorchRunner:
+    """Eager torch (optionally torch.compile'd or replayed as CUDA graphs), channels_last.
+
+    Halves the number of tiles per forward on CUDA out-of-memory and remembers what fit.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
+                 cuda_graphs: bool = False, compiled: bool = False) -> None:
+        self.device, self.dtype = device, dtype
+        private = channels_last(copy.deepcopy(module).eval().to(device=device, dtype=dtype))
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(private) if compiled else private
+        self.cuda_graphs = cuda_graphs
+        self.graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.chunk: int | None = None  # most tiles per forward known to fit
+
+    @torch.inference_mode()
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        if self.chunk is not None and tiles.shape[0] > self.chunk:
+            return torch.cat([self(part) for part in tiles.split(self.chunk)])
+        x = tiles.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        try:
+            return self._replay(x) if self.cuda_graphs else self.forward(x)
+        except torch.OutOfMemoryError:
+            if tiles.shape[0] == 1:
+                raise
+            self.chunk = tiles.shape[0] // 2
+            torch.cuda.empty_cache()
+            log.warning("out of memory at %d tiles per batch; retrying with %d", tiles.shape[0], self.chunk)
+            return self(tiles)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """One CUDA graph per input shape and stream, captured on first use after a warm-up."""
+        stream = torch.cuda.current_stream(self.device)
+        key = (tuple(x.shape), stream.cuda_stream)
+        if key not in self.graphs:
+            static_in = x.clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(stream)
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuDNN autotuning and lazy allocations stay outside the capture
+                    self.forward(static_in)
+            stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                static_out = self.forward(static_in)
+            self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
 
 
-@dataclass
-class OpenedBackend:
-    backend: Backend
-    fallback: Backend | None  # fp32, for tiles that reduced precision got wrong
-    description: str
+def open_runner(plan: RunPlan, model: LoadedModel) -> ModelRunner:
+    """The plan's backend with an fp32 torch fallback (built on first use) for reduced precision."""
+    run: Runner
+    if plan.backend == "tensorrt":
+        from upscaler.engine.tensorrt import open_tensorrt_runner
 
+        run = open_tensorrt_runner(plan, model)
+    else:
+        run = TorchRunner(model.module, plan.device, plan.dtype, plan.cuda_graphs, plan.compile)
 
-def open_backend(loaded: LoadedModel, settings: RunSettings, probe: np.ndarray | None = None) -> OpenedBackend:
-    if settings.backend not in BACKENDS:
-        raise ValueError(f"--backend {settings.backend!r}: use auto, tensorrt or torch")
-    device = resolve_device(settings.device)
-    dtype = resolve_precision(settings.precision, device)
-    if device.type == "cpu":
-        if settings.backend == "tensorrt":
-            raise ValueError("--backend tensorrt needs a CUDA device")
-        if dtype == torch.float16:
-            raise ValueError("--precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
-        backend: Backend = TorchBackend(loaded.module, loaded.card.scale, device, dtype, settings.tile, settings.batch)
-        return OpenedBackend(backend, _fallback(loaded, settings, device, dtype), f"torch cpu {_name(dtype)}")
+    def fp32() -> Runner:
+        return TorchRunner(model.module, plan.device, torch.float32)
 
-    from upscaler.engine.streams import StreamedBackend, TorchExecutor
-
-    shape = TileShape(settings.batch, settings.tile)
-    detail = f"{_name(dtype)}, {settings.streams} stream(s)" + (", CUDA graphs" if settings.cuda_graphs else "")
-    if settings.backend != "torch" and tensorrt_available():
-        executor = _tensorrt_executor(loaded, settings, shape, device, dtype, probe)
-        if executor is not None:
-            backend = StreamedBackend(executor, loaded.card.scale, shape, settings.streams, device)
-            return OpenedBackend(backend, None, f"tensorrt {detail}")
-    if settings.backend == "tensorrt":
-        raise ValueError("--backend tensorrt: TensorRT is not installed (pip install 'upscaler[tensorrt]' on an NVIDIA machine)")
-    module = copy.deepcopy(loaded.module).to(device)
-    executor = TorchExecutor(module, dtype, shape.layout, settings.cuda_graphs)
-    backend = StreamedBackend(executor, loaded.card.scale, shape, settings.streams, device)
-    return OpenedBackend(backend, _fallback(loaded, settings, device, dtype), f"torch {device} {detail}")
-
-
-def _tensorrt_executor(
-    loaded: LoadedModel, settings: RunSettings, shape: TileShape, device: torch.device, dtype: torch.dtype,
-    probe: np.ndarray | None,
-) -> DeviceExecutor | None:
-    """A TensorRT executor from the cache (building the engine if needed), or None to fall back."""
-    from upscaler.compile.trt.cache import EngineCache
-    from upscaler.compile.trt.runtime import TensorRTExecutor
-
-    precision = "fp32" if dtype == torch.float32 else "fp16"
-    request = CompileRequest(shape, precision, settings.engines)
-    try:
-        result = compile_model(loaded, request, device, probe if probe is not None else np.zeros((8, 8, 3), np.uint8))
-        assert result.plan is not None
-        return TensorRTExecutor(EngineCache(settings.engines).read_plan(result.plan), settings.cuda_graphs)
-    except Exception as exc:  # any build failure: auto falls back to torch, an explicit request fails
-        if settings.backend == "tensorrt":
-            raise ValueError(f"--backend tensorrt: {exc}") from exc
-        log.warning("TensorRT engine unavailable (%s); using torch CUDA", exc)
-        return None
-
-
-def _fallback(loaded: LoadedModel, settings: RunSettings, device: torch.device, dtype: torch.dtype) -> Backend | None:
-    if dtype == torch.float32:
-        return None
-    module = copy.deepcopy(loaded.module)
-    static = device.type == "cuda"  # it recomputes batches of the main backend, which is static on CUDA
-    return TorchBackend(module, loaded.card.scale, device, torch.float32, settings.tile, settings.batch, static)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-
-
-def open_upscaler(settings: RunSettings) -> tuple[PictureUpscaler, LoadedModel, OpenedBackend]:
-    loaded = load_model(settings.model)
-    opened = open_backend(loaded, settings)
-    tiled = TiledUpscaler(opened.backend, settings.overlap, opened.fallback)
-    return PictureUpscaler(tiled, settings.scale or loaded.card.scale), loaded, opened
+    return ModelRunner(run, plan.dtype, fp32 if plan.dtype != torch.float32 else None)

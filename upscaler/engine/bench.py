@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from upscaler.engine.upscale import PictureUpscaler
-from upscaler.io.images import Picture
+from upscaler.engine.engine import Engine
 
 
 @dataclass
@@ -38,21 +37,20 @@ class BenchResult:
         return self.input_pixels * self.macs_per_pixel * 2 * self.fps / 1e9
 
 
-def frame_from_photo(photo: np.ndarray, width: int, height: int) -> Picture:
+def frame_from_photo(photo: np.ndarray, width: int, height: int) -> np.ndarray:
     """A real photo resized to the benchmark frame size (content matters for fp16 checks, not speed)."""
-    resized = Image.fromarray(photo).resize((width, height), Image.Resampling.BICUBIC)
-    return Picture(np.asarray(resized, dtype=np.float32) / 255, None, 8, "PNG")
+    return np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def run_bench(upscale: PictureUpscaler, frame: Picture, frames: int, warmup: int, macs_per_pixel: float) -> BenchResult:
-    for _ in range(warmup):
-        upscale(frame)
+def run_bench(engine: Engine, frame: np.ndarray, frames: int, warmup: int, macs_per_pixel: float) -> BenchResult:
+    """Frames streamed through the engine; latency is the time between consecutive finished frames."""
+    for _ in engine.stream([frame] * warmup):
+        pass
     latencies = []
-    start = time.perf_counter()
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        upscale(frame)
-        latencies.append((time.perf_counter() - t0) * 1000)
+    start = last = time.perf_counter()
+    for _ in engine.stream([frame] * frames):
+        now = time.perf_counter()
+        latencies.append((now - last) * 1000)
+        last = now
     seconds = time.perf_counter() - start
-    height, width = frame.size
-    return BenchResult(frames, seconds, latencies, height * width, macs_per_pixel)
+    return BenchResult(frames, seconds, latencies, frame.shape[0] * frame.shape[1], macs_per_pixel)

@@ -34,12 +34,9 @@ def resolve_device(spec: str) -> torch.device:
 
 def _cpuinfo_field(name: str) -> str:
     """A field of the first CPU in /proc/cpuinfo (Linux), or ''."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _read_lines("/proc/cpuinfo"):
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
     return ""
 
 
@@ -67,6 +64,23 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
         return PRECISIONS[spec]
     except KeyError:
         raise ValueError(f"--precision {spec!r}: use auto, fp32, fp16 or bf16") from None
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new allocations: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    for line in _read_lines("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 4 << 30  # no /proc (not Linux): assume a modest machine
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def channels_last(module: M) -> M:

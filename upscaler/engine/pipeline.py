@@ -1,19 +1,19 @@
 """The batch data path: read -> upscale -> write, with decoding and encoding beside inference.
 
-Readers decode up to `lookahead` pictures ahead on worker threads while the model runs in
-the calling thread; writers encode on worker threads, at most `lookahead` at a time, so
-memory stays bounded however large the folder is. Pillow, ffmpeg and torch all release the
-GIL while they work, so the threads really do overlap.
+Readers decode ahead on worker threads while the model runs in the calling thread; writers
+encode on worker threads behind it. Pillow, ffmpeg and torch all release the GIL while they
+work, so the threads really do overlap.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from upscaler.engine.frames import FrameError
 from upscaler.io.files import Job, write_atomically
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 
@@ -31,65 +31,111 @@ class Outcome:
         return self.error is None
 
 
-def _read(job: Job) -> Picture:
-    return read_picture(job.source)
-
-
 def _write(job: Job, picture: Picture) -> None:
     write_atomically(job.target, lambda tmp: encode_picture(picture, job.format, tmp))
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, PictureError):
+    if isinstance(exc, (PictureError, FrameError)):
         return str(exc)
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2) -> Generator[Outcome, None, None]:
-    """Yield one Outcome per job as its output is safely on disk (or has failed), in order.
+DEFAULT_LOOKAHEAD_BYTES = 512 << 20
 
-    A failure of one job never stops the others. Closing the generator early (Ctrl-C)
-    cancels the reads that have not started and lets the queued writes finish; each write
-    is atomic, so every output name holds a complete file or nothing.
+
+class JobRunner:
+    """Yields one Outcome per job as its output is safely on disk (or has failed), in order.
+
+    Reads run ahead of the model on worker threads, at most `lookahead` pictures and at most
+    `max_bytes` of decoded pixels held; writes run behind it within the same two bounds, so
+    memory stays bounded however large the folder or its images. A failure of one job never
+    stops the others. After an interruption (Ctrl-C inside or outside the iteration), `drain()`
+    finishes the writes already started and returns their outcomes, so the summary counts
+    every file that reached the disk; reads not yet started are cancelled.
     """
-    with ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(
-        workers, thread_name_prefix="write"
-    ) as writers:
-        reads: deque[tuple[Job, Future[Picture]]] = deque()
-        writes: deque[tuple[Outcome, Future[None]]] = deque()
-        pending = iter(jobs)
+
+    def __init__(self, jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2,
+                 max_bytes: int = DEFAULT_LOOKAHEAD_BYTES) -> None:
+        if lookahead < 1:
+            raise ValueError("lookahead must be at least 1")
+        self.jobs, self.upscale, self.lookahead, self.max_bytes = jobs, upscale, lookahead, max_bytes
+        self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read")
+        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write")
+        self.reads: deque[tuple[Job, Future[Picture]]] = deque()
+        self.writes: deque[tuple[Outcome, Future[None], int]] = deque()
+
+    def _held_bytes(self) -> int:
+        read = sum(_nbytes(f.result()) for _, f in self.reads if f.done() and f.exception() is None)
+        return read + sum(size for _, _, size in self.writes)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        pending = iter(self.jobs)
         try:
-            for job in pending:
-                reads.append((job, readers.submit(_read, job)))
-                if len(reads) >= lookahead:
-                    break
-            while reads or writes:
-                if reads:
-                    job, future = reads.popleft()
-                    next_job = next(pending, None)
-                    if next_job is not None:
-                        reads.append((next_job, readers.submit(_read, next_job)))
-                    outcome = Outcome(job)
-                    try:
-                        picture = future.result()
-                        outcome.input_pixels = picture.size[0] * picture.size[1]
-                        writes.append((outcome, writers.submit(_write, job, upscale(picture))))
-                    except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
-                        outcome.error = _describe(exc)
-                        writes.append((outcome, _done()))
-                # Emit finished outcomes in order; block only when too many writes are in flight.
-                while writes and (writes[0][1].done() or len(writes) > lookahead or not reads):
-                    outcome, write = writes.popleft()
-                    try:
-                        write.result()
-                    except Exception as exc:  # noqa: BLE001 (reported per file)
-                        outcome.error = _describe(exc)
-                    yield outcome
+            while True:
+                while len(self.reads) < self.lookahead and self._held_bytes() < self.max_bytes:
+                    job = next(pending, None)
+                    if job is None:
+                        break
+                    self.reads.append((job, self.readers.submit(read_picture, job.source)))
+                if not self.reads and not self.writes:
+                    return
+                if self.reads:
+                    self._upscale_next()
+                while self.writes and (self.writes[0][1].done() or not self.reads or len(self.writes) > self.lookahead
+                                       or self._held_bytes() > self.max_bytes):
+                    yield self._settle(*self.writes.popleft())
         finally:
-            for _, future in reads:
+            for _, future in self.reads:
                 future.cancel()
+            self.reads.clear()
+            self.readers.shutdown(wait=False, cancel_futures=True)
+
+    def _upscale_next(self) -> None:
+        job, future = self.reads.popleft()
+        outcome = Outcome(job)
+        try:
+            picture = future.result()
+            outcome.input_pixels = picture.size[0] * picture.size[1]
+            result = self.upscale(picture)
+            del picture
+            self.writes.append((outcome, self.writers.submit(_write, job, result), _nbytes(result)))
+        except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
+            outcome.error = _describe(exc)
+            self.writes.append((outcome, _done(), 0))
+
+    def _settle(self, outcome: Outcome, write: Future[None], _size: int) -> Outcome:
+        try:
+            write.result()
+        except Exception as exc:  # noqa: BLE001 (reported per file)
+            outcome.error = _describe(exc)
+        return outcome
+
+    def drain(self) -> list[Outcome]:
+        """Finish the writes in flight and return their outcomes (after an interruption)."""
+        outcomes = [self._settle(*entry) for entry in self.writes]
+        self.writes.clear()
+        self.writers.shutdown(wait=True)
+        return outcomes
+
+    def close(self) -> None:
+        self.writers.shutdown(wait=True)
+
+
+def _nbytes(picture: Picture) -> int:
+    return picture.color.nbytes + (0 if picture.alpha is None else picture.alpha.nbytes)
+
+
+def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2,
+             max_bytes: int = DEFAULT_LOOKAHEAD_BYTES) -> Iterator[Outcome]:
+    """All outcomes of `JobRunner`, in order, for callers that need no interruption handling."""
+    runner = JobRunner(jobs, upscale, lookahead, workers, max_bytes)
+    try:
+        yield from runner
+    finally:
+        runner.close()
 
 
 def _done() -> Future[None]:

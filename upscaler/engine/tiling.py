@@ -1,103 +1,172 @@
-"""Overlapped tiling at ONE fixed tile shape, so a static-shape engine can serve every tile.
+"""Where tiles lie and how their outputs blend: the tile planner and the blend windows.
 
-Backends with dynamic shapes (eager torch) get tiles fitted to small images instead of padding.
+Every tile of a grid has one shape, so a static-shape engine can serve all of them. Two
+planners make grids:
 
-Tiles step by `tile - overlap`; the last tile on each axis is shifted inward to end at the
-image edge rather than padded, so every tile is full of real pixels. Images smaller than a
-tile are padded by reflection. Overlaps are blended with linear ramps that give the
-outermost quarter of the overlap (the pixels the network saw with zero padding) no weight.
+- `even_grid` (``--tile auto``): the whole image when it fits the memory budget, otherwise the
+  fewest equal tiles that fit, spread evenly so little is computed twice;
+- `fixed_grid` (``--tile N``): square N-pixel tiles stepping by N - overlap, the last one
+  shifted inward to end at the image edge.
+
+Overlaps are blended with separable windows: along each axis a tile's weight ramps linearly
+across the overlap with each neighbour, giving the outer quarter of the overlap (pixels the
+network saw near a zero-padded edge) no weight, and the weights of all tiles are normalised to
+sum to exactly one at every pixel. The 2-D window is the product of the two axes' weights, so
+it sums to one too and the blended image needs no separate normalisation pass.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins along one axis of `length >= tile` pixels."""
+def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+    """Fixed-step origins along one axis of `length >= tile` pixels, the last shifted inward."""
     if length <= tile:
-        return [0]
+        return (0,)
     step = tile - overlap
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
-    return starts
+    return tuple(starts)
+
+
+def even_starts(length: int, tile: int, count: int) -> tuple[int, ...]:
+    """`count` origins spread evenly so that tiles of `tile` pixels cover `length` exactly."""
+    if count == 1:
+        return (0,)
+    return tuple(round(i * (length - tile) / (count - 1)) for i in range(count))
 
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Where the tiles of one (padded) image lie; every tile is tile_h x tile_w."""
+    """Tile origins over an image of `height` x `width` pixels (already padded to fit the tiles)."""
 
     height: int
     width: int
     tile_h: int
     tile_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
     overlap: int
-
-    @classmethod
-    def for_image(cls, height: int, width: int, tile: int, overlap: int, fit: bool = False) -> TileGrid:
-        """Square `tile` tiles (static engines); with `fit`, an axis shorter than a tile is one tile of its length."""
-        if not 0 <= overlap < tile // 2:
-            raise ValueError(f"overlap {overlap} must be at least 0 and under half the tile ({tile})")
-        if fit:
-            return cls(height, width, min(tile, height), min(tile, width), overlap)
-        return cls(max(height, tile), max(width, tile), tile, tile, overlap)
 
     @property
     def origins(self) -> list[tuple[int, int]]:
-        return [
-            (y, x)
-            for y in axis_starts(self.height, self.tile_h, self.overlap)
-            for x in axis_starts(self.width, self.tile_w, self.overlap)
-        ]
+        return [(y, x) for y in self.ys for x in self.xs]
+
+    @property
+    def whole(self) -> bool:
+        """One tile covering the image: no blending at all."""
+        return len(self.ys) == 1 and len(self.xs) == 1
+
+    @property
+    def computed_pixels(self) -> int:
+        return len(self.ys) * len(self.xs) * self.tile_h * self.tile_w
 
 
-def pad_to_grid(image: torch.Tensor, grid: TileGrid) -> torch.Tensor:
-    """Reflect-pad a CHW image smaller than a tile up to the tile on that axis."""
-    pad_h, pad_w = grid.height - image.shape[1], grid.width - image.shape[2]
-    if pad_h == 0 and pad_w == 0:
-        return image
-    # Reflection needs the pad to be smaller than the image; a sliver of an image replicates.
-    mode = "reflect" if pad_h < image.shape[1] and pad_w < image.shape[2] else "replicate"
-    return F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def fixed_grid(height: int, width: int, tile: int, overlap: int, fit: bool, multiple: int = 1) -> TileGrid:
+    """Square `tile` tiles; with `fit` (dynamic shapes) an axis shorter than a tile is one tile of its length.
+
+    Without `fit` an image smaller than a tile is padded up to it (see `padded_size`).
+    """
+    check_overlap(tile, overlap)
+    tile = _round_up(tile, multiple)
+    tile_h = min(tile, _round_up(height, multiple)) if fit else tile
+    tile_w = min(tile, _round_up(width, multiple)) if fit else tile
+    full_h, full_w = max(_round_up(height, multiple), tile_h), max(_round_up(width, multiple), tile_w)
+    return TileGrid(full_h, full_w, tile_h, tile_w, axis_starts(full_h, tile_h, overlap), axis_starts(full_w, tile_w, overlap), overlap)
+
+
+def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multiple: int = 1,
+              max_band_pixels: int | None = None) -> TileGrid:
+    """The fewest, most even equal tiles of at most `max_tile_pixels` that cover the image.
+
+    `max_band_pixels` bounds tile height x image width (the blend band the stitcher keeps).
+    """
+    full_h, full_w = _round_up(height, multiple), _round_up(width, multiple)
+    best: tuple[int, int, int, int, int] | None = None  # computed pixels, rows, cols, tile_h, tile_w
+    for rows in range(1, 65):
+        tile_h = _round_up(math.ceil((full_h + (rows - 1) * overlap) / rows), multiple)
+        if rows > 1 and (tile_h <= 2 * overlap or tile_h > full_h):
+            break
+        if max_band_pixels is not None and tile_h * full_w > max_band_pixels and rows < 64:
+            continue
+        for cols in range(1, 65):
+            tile_w = _round_up(math.ceil((full_w + (cols - 1) * overlap) / cols), multiple)
+            if cols > 1 and (tile_w <= 2 * overlap or tile_w > full_w):
+                break
+            if tile_h * tile_w <= max_tile_pixels:
+                candidate = (rows * cols * tile_h * tile_w, rows, cols, tile_h, tile_w)
+                best = candidate if best is None or candidate < best else best
+                break  # more columns only compute more
+    if best is None:
+        raise ValueError(f"a {width}x{height} image cannot be split into tiles of at most {max_tile_pixels} pixels "
+                         f"with overlap {overlap}; raise --memory-budget or lower --overlap")
+    _, rows, cols, tile_h, tile_w = best
+    return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows), even_starts(full_w, tile_w, cols), overlap)
+
+
+def check_overlap(tile: int, overlap: int) -> None:
+    if not 0 <= overlap < tile // 2:
+        raise ValueError(f"overlap {overlap} must be at least 0 and under half the tile ({tile})")
+
+
+def _ramp(length: int) -> torch.Tensor:
+    """Rising weights across an overlap of `length` pixels: 0 over the first quarter, 1 over the last."""
+    dead = length // 4
+    live = max(length - 2 * dead, 1)
+    return ((torch.arange(length, dtype=torch.float64) - dead + 0.5) / live).clamp(0, 1)
+
+
+@lru_cache(maxsize=32)
+def axis_weights(starts: tuple[int, ...], tile: int, scale: int) -> tuple[torch.Tensor, ...]:
+    """Per-tile weights along one axis at output resolution; at every pixel they sum to one."""
+    length = (starts[-1] + tile) * scale
+    raw = []
+    for i, start in enumerate(starts):
+        w = torch.ones(tile * scale, dtype=torch.float64)
+        if i > 0:  # rise across the overlap with the previous tile
+            shared = (starts[i - 1] + tile - start) * scale
+            if shared > 0:
+                w[:shared] = torch.minimum(w[:shared], _ramp(shared))
+        if i + 1 < len(starts):  # fall across the overlap with the next tile
+            shared = (start + tile - starts[i + 1]) * scale
+            if shared > 0:
+                w[tile * scale - shared :] = torch.minimum(w[tile * scale - shared :], 1 - _ramp(shared))
+        raw.append(w)
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, w in zip(starts, raw):
+        total[start * scale : start * scale + tile * scale] += w
+    if float(total.min()) <= 0:
+        raise ValueError(f"tiles at {starts} of {tile} px leave pixels with no weight")
+    return tuple((w / total[s * scale : s * scale + tile * scale]).float() for s, w in zip(starts, raw))
 
 
 @lru_cache(maxsize=64)
-def _ramp(length: int, overlap: int, rise_start: bool, rise_end: bool) -> torch.Tensor:
-    """1-D weights: 0 over a quarter of the overlap at an inner edge, linear to 1 over the rest."""
-    weights = torch.ones(length)
-    dead = overlap // 4
-    live = max(overlap - 2 * dead, 1)
-    ramp = ((torch.arange(overlap, dtype=torch.float32) - dead + 0.5) / live).clamp(0, 1)
-    if overlap and rise_start:
-        weights[:overlap] = ramp
-    if overlap and rise_end:
-        weights[length - overlap :] = torch.minimum(weights[length - overlap :], ramp.flip(0))
-    return weights
+def _window_cpu(starts_y: tuple[int, ...], starts_x: tuple[int, ...], tile_h: int, tile_w: int, scale: int,
+                row: int, col: int) -> torch.Tensor:
+    wy = axis_weights(starts_y, tile_h, scale)[row]
+    wx = axis_weights(starts_x, tile_w, scale)[col]
+    return wy[:, None] * wx[None, :]
 
 
-class Stitcher:
-    """Accumulates weighted output tiles into one image and normalises at the end."""
+_device_windows: dict[tuple[object, ...], torch.Tensor] = {}
 
-    def __init__(self, grid: TileGrid, scale: int, channels: int) -> None:
-        self.grid, self.scale = grid, scale
-        self.canvas = torch.zeros(channels, grid.height * scale, grid.width * scale)
-        self.weight = torch.zeros(1, grid.height * scale, grid.width * scale)
 
-    def add(self, origin: tuple[int, int], tile: torch.Tensor) -> None:
-        g, s = self.grid, self.scale
-        y, x = origin
-        height, width, overlap = g.tile_h * s, g.tile_w * s, g.overlap * s
-        wy = _ramp(height, overlap, y > 0, y + g.tile_h < g.height)
-        wx = _ramp(width, overlap, x > 0, x + g.tile_w < g.width)
-        window = wy[:, None] * wx[None, :]
-        region = (slice(None), slice(y * s, y * s + height), slice(x * s, x * s + width))
-        self.canvas[region] += tile * window
-        self.weight[region] += window
-
-    def result(self, height: int, width: int) -> torch.Tensor:
-        s = self.scale
-        return (self.canvas / self.weight.clamp_min(1e-8))[:, : height * s, : width * s]
+def window(grid: TileGrid, scale: int, row: int, col: int, device: torch.device) -> torch.Tensor:
+    """The 2-D blend window (tile_h*scale x tile_w*scale) of one tile, cached on `device`."""
+    key = (grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col, str(device))
+    cached = _device_windows.get(key)
+    if cached is None:
+        if len(_device_windows) > 256:
+            _device_windows.clear()
+        cached = _window_cpu(grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col).to(device)
+        _device_windows[key] = cached
+    return cached

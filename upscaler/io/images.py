@@ -1,6 +1,8 @@
 """Reading and writing pictures without losing what matters: bit depth, alpha, EXIF, ICC.
 
-Pixels are float32 in [0, 1]: colour HxWx3 (or HxW for grayscale) and an optional HxW alpha.
+Pixels stay the integers they were decoded as (uint8 or uint16): colour HxWx3 (or HxW for
+grayscale) and an optional HxW alpha of the same type. Conversion to floats, scaling, clamping
+and quantising happen in the engine, on the device that runs the model.
 Pillow decodes everything it decodes exactly; 16-bit RGB(A) PNG/TIFF, which Pillow reduces
 to 8 bits, goes through the ffmpeg binary that imageio-ffmpeg ships.
 """
@@ -36,12 +38,15 @@ class PictureError(Exception):
 
 @dataclass
 class Picture:
-    color: np.ndarray  # float32, HxWx3 or HxW (grayscale), in [0, 1]
-    alpha: np.ndarray | None  # float32 HxW in [0, 1], or None
-    bits: int  # 8 or 16 per channel
+    color: np.ndarray  # uint8 or uint16, HxWx3 or HxW (grayscale)
+    alpha: np.ndarray | None  # HxW, same dtype as color, or None
     format: str  # Pillow's format name of the source: PNG, JPEG, WEBP, TIFF, BMP
     exif: bytes | None = None  # upright: the orientation tag is reset to 1 once pixels are turned
     icc: bytes | None = None
+
+    @property
+    def bits(self) -> int:
+        return 16 if self.color.dtype == np.uint16 else 8
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,24 +85,24 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     # A CMYK profile would mislabel the RGB pixels written out, so it is dropped with the conversion.
     icc = img.info.get("icc_profile") if img.mode != "CMYK" else None
     if img.mode in ("RGB", "RGBA") and ";16" in str(raw_mode):
-        pixels, bits = _decode_16bit_rgb(path, img.size, img.mode == "RGBA"), 16
+        pixels = _decode_16bit_rgb(path, img.size, img.mode == "RGBA")
     else:
         img.load()
-        pixels, bits = _pillow_pixels(img)
+        pixels = _pillow_pixels(img)
     pixels = _upright(pixels, orientation)
     color, alpha = _split_alpha(pixels)
     if orientation != 1:
         exif[_ORIENTATION] = 1
     for tag in _LAYOUT_TAGS & set(exif):
         del exif[tag]
-    return Picture(color, alpha, bits, fmt, exif.tobytes() if len(exif) else None, icc)
+    return Picture(color, alpha, fmt, exif.tobytes() if len(exif) else None, icc)
 
 
-def _pillow_pixels(img: Image.Image) -> tuple[np.ndarray, int]:
+def _pillow_pixels(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535, 16
+        return np.asarray(img).astype(np.uint16)
     if img.mode == "I":  # 16-bit grayscale PNG/TIFF commonly opens as 32-bit I
-        return np.clip(np.asarray(img, dtype=np.float32) / 65535, 0, 1), 16
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
     if img.mode in ("L", "LA", "RGB", "RGBA"):
         target = img
     elif img.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La", "RGBa"):
@@ -105,7 +110,7 @@ def _pillow_pixels(img: Image.Image) -> tuple[np.ndarray, int]:
         target = img.convert("RGBA" if has_alpha else ("L" if img.mode == "1" else "RGB"))
     else:
         raise PictureError(f"unsupported pixel mode {img.mode}")
-    return np.asarray(target, dtype=np.float32) / 255, 8
+    return np.array(target, dtype=np.uint8)  # writable: torch tensors are made from it without a copy
 
 
 def _decode_16bit_rgb(path: Path, size: tuple[int, int], has_alpha: bool) -> np.ndarray:
@@ -115,7 +120,7 @@ def _decode_16bit_rgb(path: Path, size: tuple[int, int], has_alpha: bool) -> np.
     expected = width * height * channels * 2
     if len(out) != expected:
         raise PictureError(f"corrupt or truncated 16-bit image ({len(out)} of {expected} bytes decoded)")
-    return np.frombuffer(out, "<u2").reshape(height, width, channels).astype(np.float32) / 65535
+    return np.frombuffer(out, "<u2").reshape(height, width, channels).astype(np.uint16)
 
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -138,13 +143,14 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
     """Write `picture` as `fmt` to `path` (the caller makes that a temporary name)."""
-    bits = picture.bits if fmt in _SIXTEEN_BIT_FORMATS else 8
+    if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
+        picture = _to_8bit(picture)
     if fmt == "JPEG" and picture.alpha is not None:
         picture = _flatten_on_white(picture)
-    if bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):
+    if picture.bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):
         _write_16bit_rgb(picture, fmt, path)
         return
-    img = _to_pillow(picture, bits)
+    img = _to_pillow(picture)
     options: dict[str, object] = {}
     if picture.icc and fmt != "BMP":
         options["icc_profile"] = picture.icc
@@ -171,30 +177,35 @@ def _resized_exif(exif_bytes: bytes, size: tuple[int, int]) -> bytes:
     return exif.tobytes()
 
 
-def _quantize(x: np.ndarray, bits: int) -> np.ndarray:
-    top = 65535 if bits == 16 else 255
-    return (np.clip(x, 0, 1) * top + 0.5).astype(np.uint16 if bits == 16 else np.uint8)
+def _narrow(x: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8, rounded (x * 255 / 65535)."""
+    return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _to_pillow(picture: Picture, bits: int) -> Image.Image:
-    color = _quantize(picture.color, bits)
+def _to_8bit(picture: Picture) -> Picture:
+    return replace(picture, color=_narrow(picture.color), alpha=None if picture.alpha is None else _narrow(picture.alpha))
+
+
+def _to_pillow(picture: Picture) -> Image.Image:
     if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB goes through ffmpeg
-        return Image.fromarray(color)
-    stacked = np.dstack([color, _quantize(picture.alpha, 8)])
-    return Image.fromarray(stacked, mode="RGBA" if color.ndim == 3 else "LA")
+        return Image.fromarray(picture.color)
+    stacked = np.dstack([picture.color, picture.alpha])
+    return Image.fromarray(stacked, mode="RGBA" if picture.color.ndim == 3 else "LA")
 
 
 def _flatten_on_white(picture: Picture) -> Picture:
+    """Composite 8-bit colour over white: c * a + 255 * (1 - a), in integers."""
     assert picture.alpha is not None
-    a = picture.alpha if picture.color.ndim == 2 else picture.alpha[..., None]
-    return replace(picture, color=picture.color * a + (1 - a), alpha=None)
+    a = (picture.alpha if picture.color.ndim == 2 else picture.alpha[..., None]).astype(np.uint32)
+    color = (picture.color.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+    return replace(picture, color=color.astype(np.uint8), alpha=None)
 
 
 def _write_16bit_rgb(picture: Picture, fmt: str, path: Path) -> None:
     """16-bit RGB(A); 16-bit gray with alpha is written as RGBA, the nearest 16-bit layout."""
     color = picture.color if picture.color.ndim == 3 else np.dstack([picture.color] * 3)
     planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
-    data = _quantize(np.dstack(planes), 16).astype(">u2")
+    data = np.dstack(planes).astype(">u2")
     height, width, channels = data.shape
     pix_fmt = "rgba64be" if channels == 4 else "rgb48be"
     out_fmt = "rgba64le" if fmt == "TIFF" and channels == 4 else ("rgb48le" if fmt == "TIFF" else pix_fmt)

@@ -9,7 +9,7 @@ from upscaler.compile.onnx import INPUT_NAME, OUTPUT_NAME
 
 
 class TensorRTExecutor:
-    """Implements streams.DeviceExecutor with `execute_async_v3` and bound tensor addresses.
+    """Runs a plan on bound device buffers with `execute_async_v3` and bound tensor addresses.
 
     With `cuda_graphs`, each context's enqueue is captured once into a CUDA graph (after the
     warm-up enqueue TensorRT needs) and replayed, which removes the per-launch CPU overhead.
@@ -35,6 +35,8 @@ class TensorRTExecutor:
         return tuple(dims[i] for i in range(len(dims)))
 
     def bind(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], streams: list[torch.cuda.Stream]) -> None:
+        """Adds one context per (input, output, stream); later calls add slots after the earlier ones."""
+        first = len(self.contexts)
         for device_in, device_out in zip(inputs, outputs):
             if tuple(device_in.shape) != self.input_shape():
                 raise RuntimeError(f"staging shape {tuple(device_in.shape)} but engine input {self.input_shape()}")
@@ -43,7 +45,7 @@ class TensorRTExecutor:
             context.set_tensor_address(OUTPUT_NAME, device_out.data_ptr())
             self.contexts.append(context)
         if self.cuda_graphs:
-            for slot, stream in enumerate(streams):
+            for slot, stream in enumerate(streams, start=first):
                 self._enqueue(slot, stream)  # TensorRT's first enqueue may allocate; never inside a capture
                 stream.synchronize()
                 graph = torch.cuda.CUDAGraph()

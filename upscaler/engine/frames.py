@@ -1,0 +1,206 @@
+"""One frame through the model, entirely on the backend's device: bytes in, bytes out.
+
+The frame arrives as its native integers (uint8 or uint16, HxWx3 or HxW, alpha separate).
+On the device it is cut into tiles, each tile converted to the model's dtype and scaled to
+[0,1], run, checked, blended into a float band one tile row high, and every band that no
+later tile touches is normalised, clamped and quantised straight into the output integers.
+The host never holds a float copy of the frame, and device memory is bounded by the tile
+row, not by the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from upscaler.engine.tiling import TileGrid, window
+
+log = logging.getLogger("upscaler")
+
+Runner = Callable[[torch.Tensor], torch.Tensor]  # float NCHW tiles in [0,1] -> float NCHW at scale x
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow converts RGB to L
+
+
+class FrameError(Exception):
+    """The model could not produce a trustworthy picture for this frame."""
+
+
+def max_value(dtype: torch.dtype) -> int:
+    return 65535 if dtype == torch.uint16 else 255
+
+
+@dataclass
+class ModelRunner:
+    """The model in its planned precision, with an fp32 model for tiles reduced precision got wrong."""
+
+    run: Runner
+    dtype: torch.dtype
+    fallback: Callable[[], Runner] | None  # builds the fp32 runner on first use
+
+    def __post_init__(self) -> None:
+        self._fp32: Runner | None = None
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        out = self.run(tiles.to(self.dtype))
+        bad = _untrustworthy(tiles, out, reduced=self.dtype != torch.float32)
+        if not bool(bad.any()):
+            return out
+        if self.fallback is None:
+            raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
+        if self._fp32 is None:
+            self._fp32 = self.fallback()
+        log.warning("%d tile(s) overflowed or collapsed in %s; recomputed in fp32", int(bad.sum()), _dtype_name(self.dtype))
+        redo = self._fp32(tiles[bad].float())
+        if not bool(torch.isfinite(redo).all()):
+            raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
+        out = out.float()
+        out[bad] = redo
+        return out
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
+def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> torch.Tensor:
+    """Per tile: non-finite output, or (reduced precision only) flat output where the input is not."""
+    bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+    if reduced:
+        low, high = torch.aminmax(out.flatten(1), dim=1)
+        in_low, in_high = torch.aminmax(tiles.flatten(1), dim=1)
+        bad |= ((high - low).float() < 1 / 255) & ((in_high - in_low).float() > 4 / 255)
+    return bad
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame's integers on the device: colour HxWx3 or HxW, alpha HxW or None, same dtype."""
+
+    color: torch.Tensor
+    alpha: torch.Tensor | None = None
+
+
+class FrameUpscaler:
+    """Upscales device-resident integer frames tile by tile; see the module docstring."""
+
+    def __init__(self, runner: ModelRunner, scale: int, out_scale: int, batch: int, static_batch: bool,
+                 plan_grid: Callable[[int, int], TileGrid]) -> None:
+        self.runner, self.scale, self.out_scale = runner, scale, out_scale
+        self.batch, self.static_batch, self.plan_grid = batch, static_batch, plan_grid
+
+    def __call__(self, frame: Frame) -> Frame:
+        color, alpha = frame.color, frame.alpha
+        height, width = color.shape[:2]
+        grid = self.plan_grid(height, width)
+        top = max_value(color.dtype)
+        gray = color.ndim == 2
+        planes = color.unsqueeze(2) if gray else color  # HxWxC
+        if alpha is not None:
+            planes = torch.cat([planes, alpha.unsqueeze(2)], dim=2)
+        source = _pad(planes.permute(2, 0, 1), grid)  # CxHxW integers, padded to the grid
+        channels = 3 + (3 if alpha is not None else 0)
+        out_planes = (1 if gray else 3) + (1 if alpha is not None else 0)
+        s = self.scale
+        result = torch.empty(height * s, width * s, out_planes, dtype=color.dtype, device=color.device)
+
+        def tiles_of(origins: list[tuple[int, int]]) -> torch.Tensor:
+            cut = torch.stack([source[:, y : y + grid.tile_h, x : x + grid.tile_w] for y, x in origins]).float() / top
+            return _model_inputs(cut, gray, alpha is not None)
+
+        for first_row, rows in self._bands(grid, tiles_of, channels):
+            self._finish(rows, gray, alpha is not None, top, result, first_row, height * s)
+        if self.out_scale != s:
+            result = _resize(result, self.out_scale / s)
+        if gray and alpha is None:
+            return Frame(result[..., 0])
+        if alpha is None:
+            return Frame(result)
+        return Frame(result[..., 0] if gray else result[..., :3], result[..., -1])
+
+    def _bands(self, grid: TileGrid, tiles_of: Callable[[list[tuple[int, int]]], torch.Tensor],
+               channels: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first output row, float rows CxRxW) for every run of rows that no later tile touches."""
+        s = self.scale
+        if grid.whole:
+            yield 0, next(self._outputs(tiles_of, [(0, 0)], channels))[1][0]
+            return
+        band: torch.Tensor | None = None
+        for r, y in enumerate(grid.ys):
+            for first, outputs in self._outputs(tiles_of, [(y, x) for x in grid.xs], channels):
+                if band is None:
+                    band = torch.zeros(channels, grid.tile_h * s, grid.width * s, device=outputs.device)
+                for c, tile in enumerate(outputs, start=first):
+                    x = grid.xs[c]
+                    band[:, :, x * s : (x + grid.tile_w) * s].addcmul_(tile, window(grid, s, r, c, band.device))
+            assert band is not None
+            done = (grid.ys[r + 1] - y) * s if r + 1 < len(grid.ys) else band.shape[1]
+            yield y * s, band[:, :done]
+            carried = band[:, done:].clone()
+            band.zero_()
+            band[:, : carried.shape[1]] = carried
+
+    def _outputs(self, tiles_of: Callable[[list[tuple[int, int]]], torch.Tensor], origins: list[tuple[int, int]],
+                 channels: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of the first tile, float outputs N x channels x th*s x tw*s), one model batch at a time."""
+        per_tile = channels // 3  # model inputs per tile: colour, and alpha as gray RGB
+        step = max(self.batch // per_tile, 1)
+        for start in range(0, len(origins), step):
+            chunk = origins[start : start + step]
+            inputs = tiles_of(chunk)
+            outs = []
+            for part in inputs.split(self.batch):
+                count = part.shape[0]
+                if self.static_batch and count < self.batch:
+                    part = torch.cat([part, part[-1:].expand(self.batch - count, *part.shape[1:])])
+                outs.append(self.runner(part)[:count].float())
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
+            yield start, out.reshape(len(chunk), channels, *out.shape[2:])
+
+    def _finish(self, rows: torch.Tensor, gray: bool, has_alpha: bool, top: int, result: torch.Tensor,
+                first_row: int, height: int) -> None:
+        """Normalised float rows -> the output integers (luma for gray, un-premultiplied colour)."""
+        count = min(rows.shape[1], height - first_row)
+        if count <= 0:
+            return
+        rows = rows[:, :count, : result.shape[1]]
+        color = rows[:3]
+        if has_alpha:
+            alpha = rows[3:].mean(dim=0, keepdim=True).clamp(0, 1)
+            color = color / alpha.clamp_min(1 / 255)
+        if gray:
+            luma = torch.tensor(_LUMA, device=rows.device, dtype=rows.dtype)
+            color = torch.tensordot(luma, color, dims=1)[None]
+        planes = torch.cat([color, alpha]) if has_alpha else color
+        quantised = (planes.clamp(0, 1) * top).round_().to(result.dtype)
+        result[first_row : first_row + count] = quantised.permute(1, 2, 0)
+
+
+def _model_inputs(cut: torch.Tensor, gray: bool, has_alpha: bool) -> torch.Tensor:
+    """N x C x h x w in [0,1] -> the RGB tiles the model sees: premultiplied colour, then alpha as gray RGB."""
+    color = cut[:, :1].expand(-1, 3, -1, -1) if gray else cut[:, :3]
+    if not has_alpha:
+        return color.contiguous()
+    alpha = cut[:, -1:]
+    return torch.cat([(color * alpha).unsqueeze(1), alpha.expand(-1, 3, -1, -1).unsqueeze(1)], dim=1).flatten(0, 1)
+
+
+def _pad(planes: torch.Tensor, grid: TileGrid) -> torch.Tensor:
+    """Pad a CxHxW image to the grid by reflection (replication where the image is too thin to reflect)."""
+    pad_h, pad_w = grid.height - planes.shape[1], grid.width - planes.shape[2]
+    if pad_h == 0 and pad_w == 0:
+        return planes
+    mode = "reflect" if pad_h < planes.shape[1] and pad_w < planes.shape[2] else "replicate"
+    return F.pad(planes[None].float(), (0, pad_w, 0, pad_h), mode=mode)[0].to(planes.dtype)
+
+
+def _resize(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Antialiased bicubic resize of HxWxC integers (for an output scale other than the model's)."""
+    top = max_value(image.dtype)
+    height, width = round(image.shape[0] * factor), round(image.shape[1] * factor)
+    planes = image.permute(2, 0, 1)[None].float()
+    out = F.interpolate(planes, size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
+    return out.clamp(0, top).round_().to(image.dtype).permute(1, 2, 0).contiguous()
