@@ -16,6 +16,7 @@ from torch import nn
 from upscaler.engine.devices import channels_last
 from upscaler.engine.frames import ModelRunner, Runner
 from upscaler.engine.plan import RunPlan
+from upscaler.engine.prepare import fold_batch_norm
 from upscaler.models.weights import LoadedModel
 
 log = logging.getLogger("upscaler")
@@ -30,7 +31,8 @@ class TorchRunner:
     def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
                  cuda_graphs: bool = False, compiled: bool = False) -> None:
         self.device, self.dtype = device, dtype
-        private = channels_last(copy.deepcopy(module).eval().to(device=device, dtype=dtype))
+        folded = fold_batch_norm(copy.deepcopy(module).eval())
+        private = channels_last(folded.to(device=device, dtype=dtype))
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(private) if compiled else private
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}

@@ -8,6 +8,7 @@ pinned host memory. On the CPU the same code runs one frame at a time.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,9 @@ from upscaler.engine.plan import RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture
 from upscaler.models.weights import LoadedModel, load_model
+
+# Decoded frames may be read-only views (Pillow, PyAV); the engine only ever reads them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 @dataclass

@@ -45,7 +45,8 @@ class ModelRunner:
         self._fp32: Runner | None = None
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        out = self.run(tiles.to(self.dtype))
+        """float32 tiles in [0,1] -> float32 outputs, every one of them finite."""
+        out = self.run(tiles.to(self.dtype)).float()
         bad = _untrustworthy(tiles, out, reduced=self.dtype != torch.float32)
         if not bool(bad.any()):
             return out
@@ -57,7 +58,6 @@ class ModelRunner:
         redo = self._fp32(tiles[bad].float())
         if not bool(torch.isfinite(redo).all()):
             raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
-        out = out.float()
         out[bad] = redo
         return out
 
@@ -67,11 +67,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> torch.Tensor:
-    """Per tile: non-finite output, or (reduced precision only) flat output where the input is not."""
-    bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+    """Per tile: non-finite output, or (reduced precision only) flat output where the input is not.
+
+    One reduction finds NaN and infinity (they survive a sum); flatness is judged on every 8th
+    pixel, since a collapsed tile is flat everywhere. Both stay a small share of the model's time.
+    """
+    bad = ~torch.isfinite(out.sum(dim=(1, 2, 3)))
     if reduced:
-        low, high = torch.aminmax(out.flatten(1), dim=1)
-        in_low, in_high = torch.aminmax(tiles.flatten(1), dim=1)
+        low, high = torch.aminmax(out[:, :, ::8, ::8].flatten(1), dim=1)
+        in_low, in_high = torch.aminmax(tiles[:, :, ::2, ::2].flatten(1), dim=1)
         bad |= ((high - low).float() < 1 / 255) & ((in_high - in_low).float() > 4 / 255)
     return bad
 
@@ -92,6 +96,7 @@ class FrameUpscaler:
         self.runner, self.scale, self.out_scale = runner, scale, out_scale
         self.batch, self.static_batch, self.plan_grid = batch, static_batch, plan_grid
 
+    @torch.inference_mode()
     def __call__(self, frame: Frame) -> Frame:
         color, alpha = frame.color, frame.alpha
         height, width = color.shape[:2]
@@ -156,13 +161,16 @@ class FrameUpscaler:
                 count = part.shape[0]
                 if self.static_batch and count < self.batch:
                     part = torch.cat([part, part[-1:].expand(self.batch - count, *part.shape[1:])])
-                outs.append(self.runner(part)[:count].float())
+                outs.append(self.runner(part)[:count])
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
             yield start, out.reshape(len(chunk), channels, *out.shape[2:])
 
     def _finish(self, rows: torch.Tensor, gray: bool, has_alpha: bool, top: int, result: torch.Tensor,
                 first_row: int, height: int) -> None:
-        """Normalised float rows -> the output integers (luma for gray, un-premultiplied colour)."""
+        """Normalised float rows -> the output integers (luma for gray, un-premultiplied colour).
+
+        `rows` are scratch (finished rows of the band, or the whole-image output) and are overwritten.
+        """
         count = min(rows.shape[1], height - first_row)
         if count <= 0:
             return
@@ -175,8 +183,8 @@ class FrameUpscaler:
             luma = torch.tensor(_LUMA, device=rows.device, dtype=rows.dtype)
             color = torch.tensordot(luma, color, dims=1)[None]
         planes = torch.cat([color, alpha]) if has_alpha else color
-        quantised = (planes.clamp(0, 1) * top).round_().to(result.dtype)
-        result[first_row : first_row + count] = quantised.permute(1, 2, 0)
+        planes.clamp_(0, 1).mul_(top).round_()
+        result[first_row : first_row + count].copy_(planes.permute(1, 2, 0))
 
 
 def _model_inputs(cut: torch.Tensor, gray: bool, has_alpha: bool) -> torch.Tensor:

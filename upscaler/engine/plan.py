@@ -142,8 +142,8 @@ def _activation_elements_cached(key: int, module: nn.Module) -> int:
             widest = max(widest, output.numel())
 
     handles = [m.register_forward_hook(record) for m in module.modules() if m is not module]
+    param = next(module.parameters(), torch.zeros(()))
     try:
-        param = next(module.parameters())
         with torch.inference_mode():
             module(torch.zeros(1, 3, _PROBE, _PROBE, dtype=param.dtype, device=param.device))
     finally:

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from upscaler.engine.devices import channels_last, cpu_name
-from upscaler.engine.upscale import PictureUpscaler, TiledUpscaler, TorchBackend
+from upscaler.engine.engine import open_engine
+from upscaler.engine.settings import RunSettings
 from upscaler.models import get_architecture
-from upscaler.models.weights import ModelCard, save_model
+from upscaler.models.weights import LoadedModel, ModelCard, save_model
 from upscaler.quality.evaluate import picture_upscaler, score_dataset
 from upscaler.train.data import PatchSampler
 
@@ -187,9 +188,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         c = self.config
         assert c.val is not None
-        backend = TorchBackend(self.model, c.scale, self.device, torch.float32, tile=256, batch=4)
-        score = score_dataset(picture_upscaler(PictureUpscaler(TiledUpscaler(backend), c.scale)), Path(c.val), c.scale)
-        self.model.train()  # the backend switched it to eval mode
+        loaded = LoadedModel(ModelCard(c.arch, c.arch_params, c.scale), self.model, "training")
+        engine = open_engine(RunSettings(model="training", device=str(self.device), precision="fp32"), loaded)
+        score = score_dataset(picture_upscaler(engine.upscale), Path(c.val), c.scale)  # on a private eval copy
         return {"val_psnr": score.psnr, "val_ssim": score.ssim}
 
     def run(self, log: Callable[[dict[str, Any]], None]) -> dict[str, float]:
