@@ -164,3 +164,42 @@ def test_exif_pixel_dimensions_follow_the_new_size(tmp_path: Path) -> None:
     with Image.open(tmp_path / "big.jpg") as img:
         details = img.getexif().get_ifd(0x8769)
         assert (details[0xA002], details[0xA003]) == (600, 400) and img.getexif()[0x010F] == "camera"
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize(("rgb", "with_alpha"), [(True, False), (True, True), (False, False), (False, True)])
+def test_streamed_png_round_trips_every_layout(tmp_path: Path, bits: int, rgb: bool, with_alpha: bool) -> None:
+    from upscaler.io import png
+
+    photo = photo_array("coffee.png")
+    color = photo if rgb else photo[..., 1].copy()
+    dtype = np.uint16 if bits == 16 else np.uint8
+    color = (color.astype(np.uint32) * (257 if bits == 16 else 1)).astype(dtype)
+    if bits == 16:
+        color[::3] += 1  # detail below 8 bits
+    alpha = (np.arange(color.shape[1], dtype=np.uint32)[None, :].repeat(color.shape[0], 0) * 3 % (1 << bits)).astype(dtype)
+    picture = Picture(color, alpha if with_alpha else None, "PNG", exif=b"Exif\x00\x00" + Image.Exif().tobytes()[6:], icc=_srgb_icc())
+    encode_picture(picture, "PNG", tmp_path / "p.png")
+    again = read_picture(tmp_path / "p.png")
+    assert again.color.dtype == dtype and np.array_equal(again.color, color) and again.icc == _srgb_icc()
+    assert (again.alpha is not None) == with_alpha
+    if with_alpha:
+        assert again.alpha is not None and np.array_equal(again.alpha, alpha)
+    small = png.write_png  # many strips: the filter state carries across strip boundaries
+    old, png._STRIP_BYTES = png._STRIP_BYTES, 1000
+    try:
+        small(tmp_path / "strips.png", color, alpha if with_alpha else None)
+    finally:
+        png._STRIP_BYTES = old
+    assert np.array_equal(read_picture(tmp_path / "strips.png").color, color)
+
+
+def test_rgbx_views_reach_pillow_without_a_copy(tmp_path: Path) -> None:
+    buffer = np.zeros((100, 150, 4), np.uint8)
+    buffer[..., :3] = photo_array("coffee.png")
+    picture = Picture(buffer[..., :3], None, "JPEG")
+    for fmt, suffix in (("JPEG", ".jpg"), ("WEBP", ".webp"), ("TIFF", ".tif"), ("BMP", ".bmp")):
+        encode_picture(picture, fmt, tmp_path / f"x{suffix}")
+        with Image.open(tmp_path / f"x{suffix}") as img:
+            assert img.mode == "RGB" and img.size == (150, 100)
+            assert np.abs(np.asarray(img).astype(int) - photo_array("coffee.png")).mean() < 3

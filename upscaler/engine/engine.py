@@ -48,7 +48,7 @@ class Engine:
         color, alpha = _to_device(picture.color, self.plan.device), None
         if picture.alpha is not None:
             alpha = _to_device(picture.alpha, self.plan.device)
-        out = self.frames(Frame(color, alpha))
+        out = self.frames(Frame(color, alpha), rgbx=True)
         return replace(picture, color=_to_host(out.color), alpha=None if out.alpha is None else _to_host(out.alpha))
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

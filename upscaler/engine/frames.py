@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from upscaler.engine.tiling import TileGrid, window
+from upscaler.engine.tiling import TileGrid, device_axis_weights
 
 log = logging.getLogger("upscaler")
 
@@ -97,7 +97,8 @@ class FrameUpscaler:
         self.batch, self.static_batch, self.plan_grid = batch, static_batch, plan_grid
 
     @torch.inference_mode()
-    def __call__(self, frame: Frame) -> Frame:
+    def __call__(self, frame: Frame, rgbx: bool = False) -> Frame:
+        """Upscale one frame; with `rgbx`, 8-bit RGB comes back as a view of an RGBX buffer (see io/images)."""
         color, alpha = frame.color, frame.alpha
         height, width = color.shape[:2]
         grid = self.plan_grid(height, width)
@@ -110,7 +111,10 @@ class FrameUpscaler:
         channels = 3 + (3 if alpha is not None else 0)
         out_planes = (1 if gray else 3) + (1 if alpha is not None else 0)
         s = self.scale
-        result = torch.empty(height * s, width * s, out_planes, dtype=color.dtype, device=color.device)
+        padded = rgbx and out_planes == 3 and color.dtype == torch.uint8 and self.out_scale == s
+        result = torch.empty(height * s, width * s, 4 if padded else out_planes, dtype=color.dtype, device=color.device)
+        if padded:
+            result = result[..., :3]
 
         def tiles_of(origins: list[tuple[int, int]]) -> torch.Tensor:
             cut = torch.stack([source[:, y : y + grid.tile_h, x : x + grid.tile_w] for y, x in origins]).float() / top
@@ -138,9 +142,11 @@ class FrameUpscaler:
             for first, outputs in self._outputs(tiles_of, [(y, x) for x in grid.xs], channels):
                 if band is None:
                     band = torch.zeros(channels, grid.tile_h * s, grid.width * s, device=outputs.device)
+                wy = device_axis_weights(grid.ys, grid.tile_h, s, band.device)[r][:, None]
+                wxs = device_axis_weights(grid.xs, grid.tile_w, s, band.device)
                 for c, tile in enumerate(outputs, start=first):
                     x = grid.xs[c]
-                    band[:, :, x * s : (x + grid.tile_w) * s].addcmul_(tile, window(grid, s, r, c, band.device))
+                    band[:, :, x * s : (x + grid.tile_w) * s].addcmul_(tile.mul_(wy), wxs[c])
             assert band is not None
             done = (grid.ys[r + 1] - y) * s if r + 1 < len(grid.ys) else band.shape[1]
             yield y * s, band[:, :done]

@@ -11,8 +11,9 @@ planners make grids:
 Overlaps are blended with separable windows: along each axis a tile's weight ramps linearly
 across the overlap with each neighbour, giving the outer quarter of the overlap (pixels the
 network saw near a zero-padded edge) no weight, and the weights of all tiles are normalised to
-sum to exactly one at every pixel. The 2-D window is the product of the two axes' weights, so
-it sums to one too and the blended image needs no separate normalisation pass.
+sum to exactly one at every pixel. A tile's window is the product of its two axes' weights, so
+it sums to one too and the blended image needs no separate normalisation pass. Only the 1-D
+weights are kept: a stored 2-D window per tile would grow with the image.
 """
 
 from __future__ import annotations
@@ -149,24 +150,14 @@ def axis_weights(starts: tuple[int, ...], tile: int, scale: int) -> tuple[torch.
     return tuple((w / total[s * scale : s * scale + tile * scale]).float() for s, w in zip(starts, raw))
 
 
-@lru_cache(maxsize=64)
-def _window_cpu(starts_y: tuple[int, ...], starts_x: tuple[int, ...], tile_h: int, tile_w: int, scale: int,
-                row: int, col: int) -> torch.Tensor:
-    wy = axis_weights(starts_y, tile_h, scale)[row]
-    wx = axis_weights(starts_x, tile_w, scale)[col]
-    return wy[:, None] * wx[None, :]
+_device_weights: dict[tuple[object, ...], tuple[torch.Tensor, ...]] = {}
 
 
-_device_windows: dict[tuple[object, ...], torch.Tensor] = {}
-
-
-def window(grid: TileGrid, scale: int, row: int, col: int, device: torch.device) -> torch.Tensor:
-    """The 2-D blend window (tile_h*scale x tile_w*scale) of one tile, cached on `device`."""
-    key = (grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col, str(device))
-    cached = _device_windows.get(key)
-    if cached is None:
-        if len(_device_windows) > 256:
-            _device_windows.clear()
-        cached = _window_cpu(grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col).to(device)
-        _device_windows[key] = cached
-    return cached
+def device_axis_weights(starts: tuple[int, ...], tile: int, scale: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`axis_weights` on `device`, cached (1-D, so a handful of kilobytes per grid)."""
+    key = (starts, tile, scale, str(device))
+    if key not in _device_weights:
+        if len(_device_weights) > 64:
+            _device_weights.clear()
+        _device_weights[key] = tuple(w.to(device) for w in axis_weights(starts, tile, scale))
+    return _device_weights[key]
