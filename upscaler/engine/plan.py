@@ -20,7 +20,7 @@ from upscaler.engine.settings import BACKENDS, RunSettings
 from upscaler.engine.tiling import TileGrid, check_overlap, even_grid, fixed_grid
 from upscaler.models.weights import LoadedModel
 
-CPU_BUDGET_CAP = 1 << 30  # a tile's working set on the CPU: enough for whole 1080p frames with small models
+CPU_BUDGET_CAP = 512 << 20  # a tile's working set on the CPU: whole 960x540 frames with the default model
 STATIC_PHOTO_TILE = 512  # static engines over photos of many sizes: one square shape serves them all
 _PROBE = 32
 
