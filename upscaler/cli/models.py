@@ -46,14 +46,13 @@ def list_models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="models")
-    for column in ("name", "kind", "arch", "scale", "parameters", "MACs/pixel", "runtime", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM"):
+    table = Table(title=f"models: built-in, then imported from {models_dir or user_models_dir()}")
+    for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM"):
         table.add_column(column)
     for row in rows:
         scores = [row["scores"].get(d) for d in ("Set5", "Set14")]
         cells = [f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-" for s in scores]
-        table.add_row(row["name"], row["kind"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}",
-                      f"{row['macs_per_input_pixel']:,}", row["descriptor"]["runtime"], *cells)
+        table.add_row(row["name"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
     Console().print(table)
 
 

@@ -43,9 +43,9 @@ class GraphIO:
 class OnnxModule(nn.Module):
     """Float NCHW RGB in [0, 1] in, float NCHW out, on any device: the graph runs on onnxruntime (CPU)."""
 
-    def __init__(self, data: bytes, io: GraphIO, source: str, scale: int = 0, session: Any = None) -> None:
+    def __init__(self, data: bytes, io: GraphIO, source: str, scale: int = 0, multiple: int = 1, session: Any = None) -> None:
         super().__init__()
-        self.data, self.io, self.source, self.scale = data, io, source, scale
+        self.data, self.io, self.source, self.scale, self.multiple = data, io, source, scale, multiple
         self._session = session
 
     @property
@@ -60,7 +60,7 @@ class OnnxModule(nn.Module):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OnnxModule:
         """Copies share the immutable graph and its session (onnxruntime's run is thread-safe)."""
-        return OnnxModule(self.data, self.io, self.source, self.scale, self._session)
+        return OnnxModule(self.data, self.io, self.source, self.scale, self.multiple, self._session)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x.detach().float().cpu().numpy()
@@ -76,6 +76,8 @@ class OnnxModule(nn.Module):
             if h > height or w > width:
                 raise ValueError(f"{self.source}: the graph takes {height}x{width} inputs only; use --tile {min(height, width)}")
             pixels = np.pad(pixels, ((0, 0), (0, 0), (0, height - h), (0, width - w)), mode="edge")
+        elif h % self.multiple or w % self.multiple:
+            pixels = np.pad(pixels, ((0, 0), (0, 0), (0, -h % self.multiple), (0, -w % self.multiple)), mode="edge")
         if self.io.batch is not None and n < self.io.batch:
             pixels = np.concatenate([pixels, np.repeat(pixels[-1:], self.io.batch - n, axis=0)])
         if self.io.input_type is np.uint8:
@@ -211,7 +213,7 @@ def load_onnx(path: Path) -> tuple[OnnxModule, Any, ModelDescriptor]:
     scale, multiple = measured_scale_and_multiple(module)
     if scale < 1:
         raise ModelError(f"{path}: the graph does not upscale (probe output smaller than its input)")
-    module.scale = scale
+    module.scale, module.multiple = scale, multiple
     parameters, macs = graph_statistics(model, io)
     descriptor = ModelDescriptor(
         arch="onnx", scale=scale, in_channels=3, out_channels=3, parameters=parameters, macs_per_input_pixel=macs,

@@ -35,7 +35,7 @@ Detector = Callable[[Mapping[str, torch.Tensor]], Detection | None]
 # Bounds on any hyper-parameter of any architecture, generous for real generators (RRDBNet x4plus:
 # 64 channels, 23 blocks; EDSR large: 256 channels, 32 blocks) and far below what hurts.
 INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "scale": (1, 8), "channels": (1, 512), "blocks": (0, 128), "growth": (1, 256), "convs": (0, 128),
+    "scale": (1, 8), "channels": (1, 512), "blocks": (0, 128), "growth": (1, 256),
     "upsamples": (0, 3), "unshuffle": (1, 4),
 }
 FLOAT_BOUNDS: dict[str, tuple[float, float]] = {"res_scale": (0.0, 10.0), "value_range": (1.0, 65535.0)}

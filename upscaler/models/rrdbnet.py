@@ -115,6 +115,10 @@ class RRDBNet(nn.Module):
         self.conv_last = nn.Conv2d(channels, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height % self.unshuffle or width % self.unshuffle:  # any size in; the descriptor names the cheap ones
+            x = F.pad(x, (0, -width % self.unshuffle, 0, -height % self.unshuffle), mode="replicate")
+            return self.forward(x)[..., : height * self.scale, : width * self.scale]
         features = self.conv_first(F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x)
         features = features + self.conv_body(self.body(features))
         for n in range(1, self.upsamples + 1):

@@ -30,16 +30,16 @@ def _detect(state: Mapping[str, torch.Tensor]) -> Detection | None:
     scale = math.isqrt(out // 3)
     if in_channels != 3 or 3 * scale * scale != out:
         return None
-    return Detection({"scale": scale, "channels": channels, "convs": numbered[-1] // 2 - 1}, dict(state))
+    return Detection({"scale": scale, "channels": channels, "blocks": numbered[-1] // 2 - 1}, dict(state))
 
 
 @register("srvggnet_compact", "Real-ESRGAN SRVGGNetCompact: plain convs + PReLU on the LR grid, one PixelShuffle", detect=_detect)
 class SRVGGNetCompact(nn.Module):
-    def __init__(self, scale: int = 4, channels: int = 64, convs: int = 32) -> None:
+    def __init__(self, scale: int = 4, channels: int = 64, blocks: int = 32) -> None:
         super().__init__()
         self.scale = scale
         layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1), nn.PReLU(channels)]
-        for _ in range(convs):
+        for _ in range(blocks):  # body convs, each with its PReLU
             layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.PReLU(channels)]
         layers.append(nn.Conv2d(channels, 3 * scale * scale, 3, padding=1))
         self.body = nn.Sequential(*layers)
