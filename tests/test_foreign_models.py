@@ -36,6 +36,14 @@ from .conftest import EXAMPLES
 T = dict[str, torch.Tensor]
 
 
+@pytest.fixture(autouse=True)
+def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never the real user's model folder."""
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("UPSCALER_MODELS", str(folder))
+    return folder
+
+
 def conv(state: T, name: str, x: torch.Tensor) -> torch.Tensor:
     weight = state[f"{name}.weight"]
     return F.conv2d(x, weight, state[f"{name}.bias"], padding=weight.shape[-1] // 2)

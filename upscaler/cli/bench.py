@@ -50,15 +50,14 @@ def bench(
 ) -> None:
     """Latency (p50/p95) and throughput of the full tiled path on frames of one size."""
     from upscaler.engine.bench import frame_from_photo, run_bench
-    from upscaler.models import macs_per_input_pixel
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
         settings = _settings(model, None, tile, overlap, batch, device, precision, backend, streams, cuda_graphs, engines)
         upscale, loaded, opened = open_upscaler(settings)
         frame = frame_from_photo(_probe_pixels(), width, height)
-        result = run_bench(upscale, frame, frames, warmup, macs_per_input_pixel(loaded.module))
-    except ValueError as exc:
+        result = run_bench(upscale, frame, frames, warmup, loaded.descriptor.macs_per_input_pixel)
+    except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     report = {
         "model": loaded.source, "backend": opened.description, "size": f"{width}x{height}", "frames": frames,

@@ -211,7 +211,11 @@ def load_model(spec: str) -> LoadedModel:
         tensors, metadata = read_safetensors(path)
         if metadata.get("format") == FORMAT or "arch" in metadata:
             card = ModelCard.from_metadata(metadata, str(path))
-            return _build(get_architecture(card.arch), card.arch_params, tensors, card, path)
+            try:
+                arch = get_architecture(card.arch)
+            except ModelError as exc:
+                raise ModelError(f"{path}: {exc}") from None
+            return _build(arch, card.arch_params, tensors, card, path)
         if metadata.get("format", "").startswith("upscaler"):
             ModelCard.from_metadata(metadata, str(path))  # names the unknown format version
         return _detected(tensors, path)
