@@ -93,12 +93,17 @@ BAD_FILES: dict[str, Callable[[Path], Path]] = {
     "nan.pth": lambda p: _save(p, {k: v * float("nan") for k, v in _rrdb_tensors().items()}),
     "text.onnx": lambda p: _write(p, b"graph? no\n"),
     "weights.txt": lambda p: _write(p, b"0.1 0.2\n"),
-    "folder.pth": lambda p: (p.mkdir(), p)[1],
+    "folder.pth": lambda p: _folder(p),
 }
 
 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
     return path
 
 
@@ -288,5 +293,5 @@ def test_save_model_is_atomic_and_keeps_integer_buffers(tmp_path: Path) -> None:
     card = ModelCard("srresnet", {"channels": 8, "blocks": 1}, 4)
     save_model(module, card, tmp_path / "s.safetensors")
     loaded = load_model(str(tmp_path / "s.safetensors"))
-    assert loaded.module.body[0].body[1].num_batches_tracked.dtype == torch.int64
+    assert loaded.module.state_dict()["body.0.body.1.num_batches_tracked"].dtype == torch.int64
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]

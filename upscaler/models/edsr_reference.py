@@ -27,6 +27,7 @@ LARGE_WIDTH = 256
 
 def _mean_shift(sign: float, value_range: float) -> nn.Conv2d:
     conv = nn.Conv2d(3, 3, 1)
+    assert conv.bias is not None
     with torch.no_grad():
         conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
         conv.bias.copy_(sign * value_range * torch.tensor(_RGB_MEAN))
@@ -43,7 +44,7 @@ def _from_basicsr(state: Mapping[str, torch.Tensor]) -> StateDict:
     ])
     for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
         shift = _mean_shift(sign, 255.0)
-        out[f"{name}.weight"], out[f"{name}.bias"] = shift.weight.detach(), shift.bias.detach()
+        out[f"{name}.weight"], out[f"{name}.bias"] = shift.weight.detach(), shift.state_dict()["bias"]
     return out
 
 

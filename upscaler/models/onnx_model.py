@@ -9,6 +9,7 @@ comes from static shapes where the graph has them, else from a probe run; the si
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def inspect_graph(model: Any, source: Path) -> GraphIO:
         raise ModelError(f"{source}: input shape {dims} is not a batch of RGB images (NCHW or NHWC with 3 channels)")
     nhwc = dims[1] != 3
     spatial = dims[1:3] if nhwc else dims[2:4]
-    size = (spatial[0], spatial[1]) if None not in spatial else None
+    size = (spatial[0], spatial[1]) if spatial[0] is not None and spatial[1] is not None else None
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return GraphIO(inp.name, out.name, _NUMPY_TYPES[types[0]], _NUMPY_TYPES[types[1]], nhwc, dims[0], size, opset)
 
@@ -123,7 +124,7 @@ def inspect_graph(model: Any, source: Path) -> GraphIO:
 def read_onnx(path: Path) -> Any:
     """The ModelProto, parsed without touching any other file."""
     import onnx
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
     if path.stat().st_size > MAX_ONNX_BYTES:
         raise ModelError(f"{path}: larger than 2 GiB, which an ONNX file without external data cannot be")
@@ -185,11 +186,11 @@ def graph_statistics(model: Any, io: GraphIO, probe: int = 32) -> tuple[int, flo
     for node in inferred.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
             continue
-        out = shapes.get(node.output[0])
-        if not out or None in out:
+        out = [d for d in shapes.get(node.output[0], []) if d is not None]
+        if len(out) != 4:
             continue
         kernel = weights[node.input[1]]
-        total += int(np.prod(out)) * int(np.prod(kernel[1:]))
+        total += math.prod(out) * math.prod(kernel[1:])
     pixels = concrete[1] * concrete[2] if io.nhwc else concrete[2] * concrete[3]
     return parameters, total / pixels
 

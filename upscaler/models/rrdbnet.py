@@ -26,14 +26,15 @@ from upscaler.models.registry import Detection, register
 class _DenseBlock(nn.Module):
     def __init__(self, channels: int, growth: int) -> None:
         super().__init__()
-        for j in range(1, 6):
-            inputs = channels + (j - 1) * growth
-            setattr(self, f"conv{j}", nn.Conv2d(inputs, channels if j == 5 else growth, 3, padding=1))
+        self.conv1 = nn.Conv2d(channels, growth, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels + growth, growth, 3, padding=1)
+        self.conv3 = nn.Conv2d(channels + 2 * growth, growth, 3, padding=1)
+        self.conv4 = nn.Conv2d(channels + 3 * growth, growth, 3, padding=1)
+        self.conv5 = nn.Conv2d(channels + 4 * growth, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
-        for j in range(1, 5):
-            conv = getattr(self, f"conv{j}")
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             features.append(F.leaky_relu(conv(torch.cat(features, 1)), 0.2))
         return x + 0.2 * self.conv5(torch.cat(features, 1))
 
@@ -123,5 +124,6 @@ class RRDBNet(nn.Module):
         features = features + self.conv_body(self.body(features))
         for n in range(1, self.upsamples + 1):
             upsampled = F.interpolate(features, scale_factor=2.0, mode="nearest")
-            features = F.leaky_relu(getattr(self, f"conv_up{n}")(upsampled), 0.2)
+            conv_up: nn.Module = getattr(self, f"conv_up{n}")
+            features = F.leaky_relu(conv_up(upsampled), 0.2)
         return self.conv_last(F.leaky_relu(self.conv_hr(features), 0.2))
