@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -115,12 +115,23 @@ def _json_field(meta: dict[str, str], key: str, kind: type, source: str, default
 
 @dataclass
 class LoadedModel:
-    """A ready module: float NCHW RGB in [0, 1] in, float NCHW at `descriptor.scale` out."""
+    """A ready module: float NCHW RGB in [0, 1] in, float NCHW at `descriptor.scale` out.
+
+    `load_model` passes the descriptor it read off the file; a model made in memory (training)
+    gets one measured from its module.
+    """
 
     card: ModelCard
     module: nn.Module
     source: str
-    descriptor: ModelDescriptor
+    described: InitVar[ModelDescriptor | None] = None
+    descriptor: ModelDescriptor = field(init=False)
+
+    def __post_init__(self, described: ModelDescriptor | None) -> None:
+        if described is None:
+            arch = get_architecture(self.card.arch)
+            described = describe(arch, self.card.arch_params, self.card.scale, self.module, self.source)
+        self.descriptor = described
 
     @property
     def digest(self) -> str:
@@ -237,8 +248,7 @@ def _build(arch: Architecture, params: dict[str, Any], tensors: StateDict, card:
         problem = state_mismatch(meta, tensors)
         if problem is not None:
             raise ModelError(f"{arch.name} layers do not match the file: {problem}")
-        multiple = arch.size_multiple(arch.checked_params(params))
-        probe = 8 * multiple
+        probe = 8 * arch.size_multiple(arch.checked_params(params))
         shape = output_shape(meta.eval(), probe, probe)
     except ValueError as exc:
         raise ModelError(f"{path}: {exc}") from None
@@ -248,12 +258,17 @@ def _build(arch: Architecture, params: dict[str, Any], tensors: StateDict, card:
     if card.scale and card.scale != scale:
         raise ModelError(f"{path}: metadata says scale {card.scale} but the layers upscale x{scale}")
     card.scale = scale
-    descriptor = ModelDescriptor(
-        arch=arch.name, scale=scale, in_channels=3, out_channels=3, parameters=count_parameters(meta),
-        macs_per_input_pixel=macs_per_input_pixel(meta),
-        supports_fp16=arch.supports_fp16, supports_bf16=arch.supports_bf16, size_multiple=multiple,
-        source=str(path), arch_params=arch.checked_params(params),
-    )
+    descriptor = describe(arch, params, scale, meta, str(path))
     module = arch.build(**params)
     module.load_state_dict(as_float32(tensors, path))
     return LoadedModel(card, module.eval(), str(path), descriptor)
+
+
+def describe(arch: Architecture, params: dict[str, Any], scale: int, module: nn.Module, source: str) -> ModelDescriptor:
+    """The descriptor of a torch module (on meta it costs nothing: MACs come from shapes alone)."""
+    checked = arch.checked_params(params)
+    return ModelDescriptor(
+        arch=arch.name, scale=scale, in_channels=3, out_channels=3, parameters=count_parameters(module),
+        macs_per_input_pixel=macs_per_input_pixel(module), supports_fp16=arch.supports_fp16,
+        supports_bf16=arch.supports_bf16, size_multiple=arch.size_multiple(checked), source=source, arch_params=checked,
+    )
