@@ -428,3 +428,23 @@ def test_user_model_folder_follows_the_platform_convention(monkeypatch: pytest.M
         assert user_models_dir() == tmp_path / "data" / "upscaler" / "models"
     monkeypatch.setenv("UPSCALER_MODELS", str(tmp_path / "mine"))
     assert user_models_dir() == tmp_path / "mine"
+
+
+def test_float16_onnx_graph_runs_and_compiles_at_its_own_precision(tmp_path: Path, runner: CliRunner) -> None:
+    from upscaler.compile.onnx import TileShape, check_onnx
+
+    loaded = load_model(str(write_checkpoint(CASES[5], tmp_path, "pth")))
+    half = get_architecture("srvggnet_compact").build(**CASES[5].params)
+    half.load_state_dict(loaded.module.state_dict())
+    export_onnx_file(half.half(), tmp_path / "half.onnx", torch.zeros(1, 3, 16, 16, dtype=torch.half), True)
+    onnx_model = load_model(str(tmp_path / "half.onnx"))
+    assert onnx_model.descriptor.arch_params["input"] == "float16"
+    x = photo_crop(20, 16)
+    with torch.no_grad():
+        expected = loaded.module(x).clamp(0, 1)
+    assert psnr(255 * onnx_model.module(x).clamp(0, 1).numpy(), 255 * expected.numpy()) >= 50
+    result = runner.invoke(app, ["compile", "--model", str(tmp_path / "half.onnx"), "--tile", "32", "--overlap", "8", "--batch", "1",
+                                 "-o", str(tmp_path / "engines"), "--device", "cpu"])
+    assert result.exit_code == 3, result.output
+    (wrapped,) = (tmp_path / "engines").glob("*-fp16.onnx")
+    check_onnx(wrapped, TileShape(1, 32), 4)
