@@ -178,7 +178,7 @@ def peak_rss_of(args: list[str], env: dict[str, str]) -> tuple[subprocess.Comple
         "try:\n    runpy.run_module('upscaler', run_name='__main__')\n"
         "finally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
     peak_kib = int(result.stderr.rsplit("PEAK", 1)[1].split()[0])
     return result, peak_kib // 1024
 
@@ -203,7 +203,7 @@ def test_metadata_scale_that_disagrees_with_the_layers_is_one_line(tmp_path: Pat
     path = with_metadata(tmp_path / "liar.safetensors", scale="2")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     result = subprocess.run([sys.executable, "-m", "upscaler", "image", str(EXAMPLES / "astronaut.png"), "-o", str(tmp_path / "o.png"),
-                             "--model", str(path)], capture_output=True, text=True, env=env, timeout=120)
+                             "--model", str(path)], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: {path}: metadata says scale 2 but the layers upscale x4"
     params_liar = with_metadata(tmp_path / "params.safetensors", arch_params={"channels": 8, "blocks": 1, "scale": 2}, scale="2")
@@ -238,7 +238,7 @@ def test_real_process_prints_one_line_and_exits_2(name: str, tmp_path: Path) -> 
     model = BAD_FILES[name](tmp_path / name)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     result = subprocess.run([sys.executable, "-m", "upscaler", "dir", str(EXAMPLES), "-o", str(tmp_path / "out"), "--model", str(model)],
-                            capture_output=True, text=True, env=env, timeout=120)
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {model}: ")
 
@@ -260,7 +260,7 @@ def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "UPSCALER_MODELS": str(tmp_path / "library")}
     path = evil_checkpoint(tmp_path / "evil.pth", marker)
-    result = subprocess.run([sys.executable, "-m", "upscaler", "import", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "upscaler", "import", str(path)], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"{path}: refused: the checkpoint holds more than weights" in result.stderr and "posix.system" in result.stderr
     for name in ("evil.safetensors", "evil.ckpt"):

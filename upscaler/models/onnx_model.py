@@ -142,7 +142,7 @@ def read_onnx(path: Path) -> Any:
 def _probe(module: OnnxModule, size: int) -> tuple[int, ...] | None:
     try:
         return tuple(module.run_numpy(np.full((1, 3, size, size), 0.5, np.float32)).shape)
-    except Exception:  # onnxruntime raises its own types for shapes a graph cannot take
+    except Exception:  # noqa: BLE001 (onnxruntime's errors derive from Exception only, for shapes a graph cannot take)
         return None
 
 
@@ -178,7 +178,7 @@ def graph_statistics(model: Any, io: GraphIO, probe: int = 32) -> tuple[int, flo
         dim.dim_value = value
     try:
         inferred = shape_inference.infer_shapes(fixed)
-    except Exception:  # inference is best-effort; MACs are then unknown (0)
+    except Exception:  # noqa: BLE001 (inference is best-effort; MACs are then unknown, 0)
         return parameters, 0.0
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.output]}
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
@@ -209,7 +209,7 @@ def load_onnx(path: Path) -> tuple[OnnxModule, Any, ModelDescriptor]:
     module = OnnxModule(data, io, str(path))
     try:
         module.session  # noqa: B018 (creating the session validates the graph)
-    except Exception as exc:  # onnxruntime's exception types are not importable in a stable way
+    except Exception as exc:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)
         raise ModelError(f"{path}: onnxruntime cannot run this graph ({first_line(exc)})") from None
     scale, multiple = measured_scale_and_multiple(module)
     if scale < 1:

@@ -84,7 +84,7 @@ class Architecture:
 def _checked_value(arch: str, key: str, value: Any, default: Any) -> Any:
     low: float
     high: float
-    if isinstance(default, bool) or isinstance(default, str):
+    if isinstance(default, (bool, str)):
         if type(value) is not type(default):
             raise ModelError(f"{arch}: {key} must be a {type(default).__name__}, got {value!r}")
         return value
