@@ -14,9 +14,8 @@ from torch import nn
 from upscaler.engine.engine import Engine, open_engine
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
-from upscaler.models.weights import LoadedModel, ModelCard
 
-from .conftest import photo_array
+from .conftest import in_memory_model, photo_array
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,7 +76,7 @@ def _white_disc_on_transparent_black(size: int = 48) -> np.ndarray:
 def _bicubic_upscaler() -> Engine:
     """A real torch module that upscales smoothly, so edge colours are easy to predict."""
     module = nn.Upsample(scale_factor=4, mode="bicubic", align_corners=False)
-    loaded = LoadedModel(ModelCard("bicubic", {}, 4), module, "bicubic")
+    loaded = in_memory_model(module)
     return open_engine(RunSettings(model="bicubic", tile=32, overlap=8, batch=2, device="cpu", precision="fp32"), loaded)
 
 

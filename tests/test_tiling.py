@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,14 +17,14 @@ from upscaler.engine.settings import DEFAULT_OVERLAP, RunSettings
 from upscaler.engine.tiling import axis_starts, axis_weights, check_overlap, even_grid, fixed_grid
 from upscaler.io.images import Picture
 from upscaler.models import get_architecture
-from upscaler.models.weights import LoadedModel, ModelCard, load_model
+from upscaler.models.weights import load_model
 
-from .conftest import dataset, photo_array
+from .conftest import dataset, in_memory_model, photo_array, save_random_model
 
 
 def engine_for(module: nn.Module, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch: int = 3,
                scale: int = 4, budget_mib: int | None = None) -> Engine:
-    loaded = LoadedModel(ModelCard("test", {}, 4), module.eval(), "test")
+    loaded = in_memory_model(module.eval())
     settings = RunSettings(model="test", scale=scale, tile=tile, overlap=overlap, batch=batch, device="cpu",
                            precision="fp32", memory_budget_mib=budget_mib)
     return open_engine(settings, loaded)
@@ -192,3 +193,24 @@ def test_auto_tiles_fit_small_photos_whole() -> None:
     loaded = load_model("default")
     plan = plan_run(RunSettings(model="default", device="cpu"), loaded)
     assert plan.tiles.grid(540, 960).whole and plan.tiles.grid(480, 500).whole
+
+
+def test_pixel_unshuffle_models_get_aligned_tiles_on_odd_sizes(tmp_path: Path) -> None:
+    """Real-ESRGAN x2 shape models need inputs in multiples of 2: tiles and padding respect that."""
+    model = load_model(str(save_random_model(tmp_path / "x2.safetensors", "rrdbnet", scale=2, channels=8, blocks=1, growth=8)))
+    assert model.descriptor.size_multiple == 2
+    engine = open_engine(RunSettings(model="x2", tile=32, overlap=8, device="cpu", precision="fp32"), model)
+    image = photo_array("chelsea.png")  # 112 x 75: odd height
+    grid = engine.plan.tiles.grid(*image.shape[:2])
+    assert all(v % 2 == 0 for v in (*grid.ys, *grid.xs, grid.tile_h, grid.tile_w, grid.height, grid.width))
+    out = engine.upscale(Picture(image, None, "PNG")).color
+    assert out.shape == (150, 224, 3)
+    assert max_diff(out, whole_image(model.module, image)) <= 1
+
+
+def test_precision_follows_what_the_model_supports() -> None:
+    loaded = in_memory_model(nn.Upsample(scale_factor=4))
+    loaded.descriptor.supports_bf16 = False
+    assert plan_run(RunSettings(model="m", device="cpu", precision="auto"), loaded).dtype == torch.float32
+    with pytest.raises(ValueError, match="does not support --precision bf16"):
+        plan_run(RunSettings(model="m", device="cpu", precision="bf16"), loaded)

@@ -52,7 +52,10 @@ def evaluate(
         from upscaler.models.weights import save_model
 
         loaded.card.scores.update({r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
-        save_model(loaded.module.float().cpu(), loaded.card, record)
+        try:
+            save_model(loaded.module, loaded.card, record, loaded.descriptor)
+        except (ValueError, OSError) as exc:
+            raise fail(f"--record {record}: {exc}") from None
         console.print(f"scores recorded in {record}", highlight=False)
     if as_json:
         payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}

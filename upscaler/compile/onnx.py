@@ -11,10 +11,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from upscaler.models.onnx_model import GraphIO
 
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 OPSET = 17
@@ -94,3 +97,78 @@ def run_onnxruntime(path: Path, pixels: np.ndarray) -> np.ndarray:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     result = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
     return np.asarray(result)
+
+
+def graph_precision(io: GraphIO) -> str:
+    """A foreign graph runs at its own precision: TensorRT's strong typing follows the file."""
+    return "fp16" if io.input_type is np.float16 else "fp32"
+
+
+def wrap_foreign_onnx(data: bytes, io: GraphIO, shape: TileShape, scale: int, path: Path) -> None:
+    """A foreign graph inside this project's engine contract: uint8 in/out at one static tile shape.
+
+    Casts, the 1/255 scaling, clamp and round, and layout transposes are added around the
+    graph's own nodes, so the TensorRT build and executor treat it like an exported model.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if io.opset < 11:
+        raise ValueError(f"opset {io.opset} is too old to wrap (Clip and Round need 11)")
+    if io.size is not None and io.size != (shape.tile, shape.tile):
+        raise ValueError(f"the graph is fixed to {io.size[0]}x{io.size[1]} inputs; compile with --tile {io.size[0]}")
+    if io.batch is not None and io.batch != shape.batch:
+        raise ValueError(f"the graph is fixed to batches of {io.batch}; compile with --batch {io.batch}")
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+    if INPUT_NAME in taken or OUTPUT_NAME in taken:
+        raise ValueError(f"the graph already uses the tensor names {INPUT_NAME!r}/{OUTPUT_NAME!r}")
+    float_type = TensorProto.FLOAT16 if io.input_type is np.float16 else TensorProto.FLOAT
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array(value, np.float32), f"upscaler_{name}")
+        for name, value in (("255", 255.0), ("zero", 0.0), ("one", 1.0))
+    ])
+    to_graph = {(True, False): [0, 3, 1, 2], (False, True): [0, 2, 3, 1]}.get((shape.layout == "nhwc", io.nhwc))
+    from_graph = {(True, False): [0, 2, 3, 1], (False, True): [0, 3, 1, 2]}.get((shape.layout == "nhwc", io.nhwc))
+    before: list[tuple[str, list[str], dict[str, object]]] = []
+    if to_graph:
+        before.append(("Transpose", [], {"perm": to_graph}))
+    if io.input_type is not np.uint8:
+        before += [("Cast", [], {"to": TensorProto.FLOAT}), ("Div", ["upscaler_255"], {})]
+        if float_type == TensorProto.FLOAT16:
+            before.append(("Cast", [], {"to": TensorProto.FLOAT16}))
+    after: list[tuple[str, list[str], dict[str, object]]] = []
+    if io.output_type is not np.uint8:
+        after += [("Cast", [], {"to": TensorProto.FLOAT}), ("Clip", ["upscaler_zero", "upscaler_one"], {}),
+                  ("Mul", ["upscaler_255"], {}), ("Round", [], {}), ("Cast", [], {"to": TensorProto.UINT8})]
+    if from_graph:
+        after.append(("Transpose", [], {"perm": from_graph}))
+    head = _chain(helper, "upscaler_in", INPUT_NAME, io.input_name, before)
+    tail = _chain(helper, "upscaler_out", io.output_name, OUTPUT_NAME, after)
+    nodes = [*head, *graph.node, *tail]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, shape.input_shape()))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.UINT8, shape.output_shape(scale)))
+    keep = [v for v in graph.value_info if v.name not in (io.input_name, io.output_name)]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+
+
+def _chain(helper: Any, prefix: str, source: str, target: str, steps: list[tuple[str, list[str], dict[str, object]]]) -> list[Any]:
+    """Nodes applying `steps` in order from tensor `source` to tensor `target` (an Identity if none)."""
+    steps = steps or [("Identity", [], {})]
+    nodes, current = [], source
+    for i, (op, extra, attrs) in enumerate(steps):
+        out = target if i == len(steps) - 1 else f"{prefix}_{i}"
+        nodes.append(helper.make_node(op, [current, *extra], [out], name=f"{prefix}_{op}_{i}", **attrs))
+        current = out
+    return nodes

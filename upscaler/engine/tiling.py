@@ -25,21 +25,25 @@ from functools import lru_cache
 import torch
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Fixed-step origins along one axis of `length >= tile` pixels, the last shifted inward."""
+def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, ...]:
+    """Fixed-step origins along one axis of `length >= tile` pixels, the last shifted inward.
+
+    With `multiple` (models with pixel-unshuffle inputs), `length` and `tile` are multiples of
+    it and so is every origin: the step shrinks to the multiple below `tile - overlap`.
+    """
     if length <= tile:
         return (0,)
-    step = tile - overlap
+    step = max((tile - overlap) // multiple * multiple, multiple)
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return tuple(starts)
 
 
-def even_starts(length: int, tile: int, count: int) -> tuple[int, ...]:
-    """`count` origins spread evenly so that tiles of `tile` pixels cover `length` exactly."""
+def even_starts(length: int, tile: int, count: int, multiple: int = 1) -> tuple[int, ...]:
+    """`count` origins spread evenly (on multiples of `multiple`) so tiles of `tile` pixels cover `length`."""
     if count == 1:
         return (0,)
-    return tuple(round(i * (length - tile) / (count - 1)) for i in range(count))
+    return tuple(round(i * (length - tile) / (count - 1) / multiple) * multiple for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def fixed_grid(height: int, width: int, tile: int, overlap: int, fit: bool, mult
     tile_h = min(tile, _round_up(height, multiple)) if fit else tile
     tile_w = min(tile, _round_up(width, multiple)) if fit else tile
     full_h, full_w = max(_round_up(height, multiple), tile_h), max(_round_up(width, multiple), tile_w)
-    return TileGrid(full_h, full_w, tile_h, tile_w, axis_starts(full_h, tile_h, overlap), axis_starts(full_w, tile_w, overlap), overlap)
+    return TileGrid(full_h, full_w, tile_h, tile_w, axis_starts(full_h, tile_h, overlap, multiple),
+                    axis_starts(full_w, tile_w, overlap, multiple), overlap)
 
 
 def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multiple: int = 1,
@@ -111,7 +116,8 @@ def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multi
         raise ValueError(f"a {width}x{height} image cannot be split into tiles of at most {max_tile_pixels} pixels "
                          f"with overlap {overlap}; raise --memory-budget or lower --overlap")
     _, rows, cols, tile_h, tile_w = best
-    return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows), even_starts(full_w, tile_w, cols), overlap)
+    return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows, multiple),
+                    even_starts(full_w, tile_w, cols, multiple), overlap)
 
 
 def check_overlap(tile: int, overlap: int) -> None:
