@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -142,8 +143,11 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def sampler_seed(seed: int, rank: int) -> int:
-    """Each rank draws its own crops; rank 0 draws what a single process would."""
-    return seed + rank * 2**32
+    """Each rank draws its own crops; rank 0 draws what a single process would.
+
+    Derived, not offset: torch's CPU generator keeps only the low 32 bits of a seed.
+    """
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def hardware_description(device: torch.device) -> str:
