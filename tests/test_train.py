@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from upscaler.cli import app
+from upscaler.models.weights import load_model
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.train.data import PatchSampler, degrade
 from upscaler.train.trainer import TrainConfig, Trainer, lr_factor
-from upscaler.models.weights import load_model
 
 from .conftest import EXAMPLES, dataset
 

@@ -49,6 +49,8 @@ def vgg19_features() -> nn.Sequential:
 class VGG19(nn.Module):
     """Only `features`, named as torchvision names it."""
 
+    features: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.features = vgg19_features()
@@ -95,11 +97,15 @@ def load_vgg19(path: Path) -> VGG19:
 class ContentLoss(nn.Module):
     """MSE between rescaled VGG19 feature maps φ of the SR and HR images; frozen, eval mode, no gradients."""
 
+    features: nn.Sequential
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, vgg: VGG19, layer: str) -> None:
         super().__init__()
         self.layer = layer
-        self.features = vgg.features[: CONTENT_LAYERS[layer]].eval()
-        self.features.requires_grad_(False)
+        self.features = nn.Sequential(*list(vgg.features)[: CONTENT_LAYERS[layer]])
+        self.features.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
