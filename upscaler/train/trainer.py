@@ -42,6 +42,8 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mse"
 CONTENTS = ("vgg54", "vgg22", "mse")
 CHECKPOINT = "checkpoint.pt"
 NEEDS_INIT = "--stage gan needs --init: the pixel-stage generator it starts from (PIXEL_RUN/last.safetensors)"
+# A resumed run may train longer, and checkpoint, log or validate at other intervals: none changes the updates.
+FREE_ON_RESUME = {"steps", "checkpoint_every", "log_every", "val_every"}
 Log = Callable[[dict[str, Any]], None]
 
 
@@ -234,8 +236,8 @@ class Trainer:
             raise ValueError(f"{path}: not a checkpoint this tool can load ({cause})") from None
         if not isinstance(state, dict) or not {"config", "step", "model"} <= set(state):
             raise ValueError(f"{path}: not a checkpoint written by upscale train")
-        saved = {k: v for k, v in state["config"].items() if k != "steps"}  # a resumed run may train longer
-        mine = {k: v for k, v in asdict(self.config).items() if k != "steps"}
+        saved = {k: v for k, v in state["config"].items() if k not in FREE_ON_RESUME}
+        mine = {k: v for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME}
         if saved != mine:
             changed = sorted(k for k in mine if saved.get(k) != mine[k])
             raise ValueError(f"{path}: was trained with different settings ({', '.join(changed)})")
