@@ -231,3 +231,14 @@ def test_missing_or_wrong_vgg_gives_one_line_and_exit_2(runner: CliRunner, tmp_p
     if vgg_args:
         assert vgg_args[1] in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_srgan_mse_needs_no_vgg(tmp_path: Path, init_model: Path) -> None:
+    """SRGAN-MSE of the paper's ablation: pixel MSE as the content loss, with the adversarial term."""
+    config = _config(init_model, tmp_path / "absent.pth", 1)
+    config.content, config.vgg = "mse", None
+    trainer = GanTrainer(config, tmp_path, torch.device("cpu"))
+    records: list[dict[str, Any]] = []
+    trainer.run(records.append)
+    assert isinstance(trainer.content_loss, nn.MSELoss) and records[-1]["content"] > 0
+    assert trainer.recipe()["vgg"] is None and trainer.recipe()["loss"] == "pixel mse + 0.001 * -log D(G(LR))"

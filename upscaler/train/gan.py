@@ -7,7 +7,6 @@ discriminator is trained on real HR crops against this step's generator output.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from upscaler.models.weights import load_model
 from upscaler.train.discriminator import Discriminator
 from upscaler.train.distributed import World
 from upscaler.train.trainer import NEEDS_INIT, TrainConfig, Trainer
-from upscaler.train.vgg import HOW_TO_GET, ContentLoss, load_vgg19
+from upscaler.train.vgg import HOW_TO_GET, ContentLoss, file_sha256, load_vgg19
 
 
 def content_criterion(config: TrainConfig) -> nn.Module:
@@ -83,7 +82,7 @@ class GanTrainer(Trainer):
             "adv_weight": c.adv_weight,
             "discriminator": "ledig2017-fig4",
             "init": c.init,
-            "init_sha256": hashlib.sha256(Path(self.init.source).read_bytes()).hexdigest(),
+            "init_sha256": file_sha256(Path(self.init.source)),
             "vgg": Path(c.vgg).name if c.vgg and c.content != "mse" else None,
         }
 

@@ -33,6 +33,12 @@ HOW_TO_GET = (f"--vgg needs torchvision's VGG19 ImageNet weights: download vgg19
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 
 
+def file_sha256(path: Path) -> str:
+    """Read in chunks: the torchvision file is 548 MB."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def vgg19_features() -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = 3
@@ -62,7 +68,7 @@ def read_vgg19_state(path: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: no such file; {HOW_TO_GET}")
     match = _HASH_IN_NAME.search(path.name)
     if match:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         if not digest.startswith(match.group(1)):
             raise ValueError(f"{path}: sha256 {digest[:8]}... does not match the {match.group(1)} its name carries "
                              f"(damaged or a different file); {HOW_TO_GET}")
