@@ -53,8 +53,13 @@ def read_named(path: Path) -> Picture:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def to_uint8(color: np.ndarray) -> np.ndarray:
-    return (np.clip(color, 0, 1) * 255 + 0.5).astype(np.uint8)
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit values of decoded pixels, whichever way they are held: uint8, uint16 or floats in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def read_benchmark_image(path: Path) -> np.ndarray:
@@ -108,7 +113,8 @@ def picture_upscaler(upscale_picture: Callable[[Picture], Picture]) -> UpscaleFn
 
     def run(lr: np.ndarray) -> np.ndarray:
         picture = Picture(color=lr.astype(np.float32) / 255, alpha=None, bits=8, format="PNG")
-        return to_uint8(upscale_picture(picture).color)
+        out = upscale_picture(picture).color
+        return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
     return run
 
