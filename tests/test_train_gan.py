@@ -242,3 +242,10 @@ def test_srgan_mse_needs_no_vgg(tmp_path: Path, init_model: Path) -> None:
     trainer.run(records.append)
     assert isinstance(trainer.content_loss, nn.MSELoss) and records[-1]["content"] > 0
     assert trainer.recipe()["vgg"] is None and trainer.recipe()["loss"] == "pixel mse + 0.001 * -log D(G(LR))"
+
+
+def test_gan_without_init_gives_one_line_and_exit_2(runner: CliRunner, tmp_path: Path, vgg_file: Path) -> None:
+    result = runner.invoke(app, ["train", str(EXAMPLES), "-o", str(tmp_path / "run"), "--stage", "gan", "--vgg", str(vgg_file)])
+    assert result.exit_code == 2
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and lines[0].startswith("error: --stage gan needs --init"), result.output

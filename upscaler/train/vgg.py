@@ -86,8 +86,9 @@ def read_vgg19_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_vgg19(path: Path) -> VGG19:
-    vgg = VGG19()
     state = read_vgg19_state(path)
+    with torch.device("meta"):  # shapes only: the file supplies every number
+        vgg = VGG19()
     expected = vgg.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -96,7 +97,7 @@ def load_vgg19(path: Path) -> VGG19:
         problems = [f"{label} {keys[:3]}{'...' if len(keys) > 3 else ''}"
                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise ValueError(f"{path}: not VGG19 in torchvision's layout ({'; '.join(problems)}); {HOW_TO_GET}")
-    vgg.load_state_dict({k: v.float() for k, v in state.items()})
+    vgg.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     return vgg
 
 
