@@ -67,8 +67,7 @@ def train(
 ) -> None:
     """Train a generator: a pixel loss (SRResNet on MSE, EDSR on L1), then SRGAN's adversarial stage.
 
-    Under torchrun (`torchrun --nproc-per-node N -m upscaler train ...`) every process trains one
-    replica with DistributedDataParallel; rank 0 alone writes the run folder.
+    Under torchrun (`torchrun --nproc-per-node N -m upscaler train ...`) each process trains a replica with DistributedDataParallel; rank 0 alone writes the run folder.
     """
     try:
         torch_device = resolve_device(device)
