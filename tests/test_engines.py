@@ -242,3 +242,18 @@ def test_batch_norm_folding_is_exact_and_leaves_the_loaded_model_alone() -> None
     with torch.no_grad():
         torch.testing.assert_close(runner(x), module(x), atol=2e-5, rtol=1e-4)
     assert fold_batch_norm(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1)))[0].__class__ is nn.BatchNorm2d
+
+
+def test_exported_graphs_flag_bad_tiles_before_quantising(tmp_path: Path) -> None:
+    """The engine sees only bytes; the graph's `bad` output tells it which tiles to recompute in fp32."""
+    shape = TileShape(batch=3, tile=16)
+    export_onnx(_OverflowsOnBrightTiles(nn.Upsample(scale_factor=4)), shape, "fp32", tmp_path / "m.onnx")
+    check_onnx(tmp_path / "m.onnx", shape, 4)
+    import onnxruntime
+
+    tiles = np.full(shape.input_shape(), 60, np.uint8)
+    tiles[1] = 250  # bright: overflows
+    tiles[2, ::2] = 200  # textured
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    pixels, bad = session.run(["sr", "bad"], {"lr": tiles})
+    assert bad.tolist() == [0, 1, 0] and pixels.shape == shape.output_shape(4)
