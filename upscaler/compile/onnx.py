@@ -92,7 +92,7 @@ def check_onnx(path: Path, shape: TileShape, scale: int) -> None:
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     (inp,), (out, *flags) = graph.graph.input, graph.graph.output
-    expected_io = [(inp, shape.input_shape()), (out, shape.output_shape(scale))]
+    expected_io: list[tuple[Any, tuple[int, ...]]] = [(inp, shape.input_shape()), (out, shape.output_shape(scale))]
     expected_io += [(flag, (shape.batch,)) for flag in flags]  # our own exports flag bad tiles; foreign graphs may not
     for tensor, expected in expected_io:
         dims = tuple(d.dim_value for d in tensor.type.tensor_type.shape.dim)
