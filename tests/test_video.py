@@ -58,7 +58,7 @@ def rich_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
            "-i", folder / "subs.srt", "-frames:v", "12", "-t", "1", "-map", "0", "-map", "1", "-map", "2",
            "-vf", f"setpts='{VFR_PTS}/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-g", "3", "-pix_fmt", "yuv420p",
            "-color_range", "tv", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
-           "-c:a", "aac", "-c:s", "srt", "-attach", folder / "font.ttf", "-metadata:s:t", "mimetype=application/x-truetype-font",
+           "-c:a", "aac", "-c:s", "srt", "-metadata:s:a:0", "language=fra", "-attach", folder / "font.ttf", "-metadata:s:t", "mimetype=application/x-truetype-font",
            plain)
     clip = folder / "rich.mkv"
     ffmpeg("-display_rotation", "90", "-i", plain, "-map", "0", "-c", "copy", clip)
@@ -77,6 +77,7 @@ def test_video_copies_streams_and_keeps_timing_colour_and_rotation(rich_clip: Pa
         for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
             assert getattr(dv.codec_context, tag) == getattr(sv.codec_context, tag), tag
         assert dst.streams[3].metadata["filename"] == "font.ttf"
+        assert dst.streams.audio[0].language == "fra"
         assert abs(dst.duration - src.duration) <= av.time_base // 12
         assert next(dst.decode(video=0)).rotation == 90
     for kind in ("audio", "subtitle"):
@@ -214,3 +215,20 @@ def test_sigkill_mid_video_then_rerun_resumes_and_matches_an_uninterrupted_run(t
     (a, pts_a), (b, pts_b) = decoded(out), decoded(whole)
     assert pts_a == pts_b and len(a) == 36
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_ctrl_c_keeps_complete_segments_and_no_output(tmp_path: Path, tiny_model: Path) -> None:
+    clip = tmp_path / "clip.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12", "-frames:v", "36", "-c:v", "libx264", "-g", "3", clip)
+    out, work = tmp_path / "out.mkv", tmp_path / ".upscale-work-out.mkv"
+    process = subprocess.Popen([sys.executable, "-m", "upscaler", "video", str(clip), "-o", str(out), "--device", "cpu",
+                                "-m", str(tiny_model), "--segment-seconds", "0.2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(work.glob("segment-*.packets")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "error: interrupted" in stderr and "resume" in stderr and "Traceback" not in stderr
+    assert not out.exists() and list(work.glob("segment-*.packets"))
+    assert not list(work.glob(".upscale-*")), "the segment in progress is dropped, not left half-written"

@@ -210,14 +210,25 @@ def encoder_available(codec: str) -> bool:
     return True
 
 
+def _encoder_opens(codec: str) -> bool:
+    """Whether the encoder starts here: the wheel may have NVENC where the GPU has none (an H100 has none)."""
+    try:
+        ctx = av.CodecContext.create(codec, "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+        ctx.open()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
 def choose_codec(requested: str, bits: int, cuda: bool) -> str:
-    """`auto`: NVENC where the wheel has it and the engine runs on CUDA, else x264 (8-bit) or x265 (deeper)."""
+    """`auto`: NVENC where the wheel has it and it opens on this GPU, else x264 (8-bit) or x265 (deeper)."""
     if requested != "auto":
         if not encoder_available(requested):
             raise VideoError(f"--codec {requested}: this FFmpeg build has no such encoder")
         return requested
     preferred = ("hevc_nvenc" if bits > 8 else "h264_nvenc") if cuda else None
-    if preferred and encoder_available(preferred):
+    if preferred and encoder_available(preferred) and _encoder_opens(preferred):
         return preferred
     return "libx265" if bits > 8 else "libx264"
 
@@ -228,15 +239,14 @@ def default_pix_fmt(source_pix_fmt: str, codec: str) -> str:
     family = {(2, 2): "420", (2, 1): "422", (1, 1): "444"}.get((layout.chroma_w, layout.chroma_h), "420") if layout else "420"
     if not layout and av.VideoFormat(source_pix_fmt).is_rgb:
         family = "444"
-    wanted = f"yuv{family}p" + ("10le" if bit_depth(source_pix_fmt) > 8 else "")
+    deep = bit_depth(source_pix_fmt) > 8
+    wanted = f"yuv{family}p" + ("10le" if deep else "")
     supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
-    if wanted in supported or not supported:
+    if not supported:
         return wanted
-    deeper = "yuv420p10le" if bit_depth(source_pix_fmt) > 8 else "yuv420p"
-    for candidate in (deeper, f"yuv{family}p", "yuv420p"):
-        if candidate in supported:
-            return candidate
-    return supported[0]
+    # Depth before chroma: NVENC takes 10-bit 4:2:0 only as p010le, and 8-bit would band.
+    fallbacks = ("yuv420p10le", "p010le", f"yuv{family}p", "yuv420p") if deep else (f"yuv{family}p", "yuv420p")
+    return next((c for c in (wanted, *fallbacks) if c in supported), supported[0])
 
 
 def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: str, hdr: HdrMetadata | None,
@@ -557,7 +567,11 @@ def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, s
                 if source.display_matrix is not None:
                     video.set_display_matrix(source.display_matrix)
             elif stream.type != "data":
-                copied[stream.index] = output.add_stream_from_template(stream)
+                copy = output.add_stream_from_template(stream)
+                if stream.codec_context is not None:  # attachments carry their metadata already
+                    copy.metadata.update(stream.metadata)
+                    copy.disposition = stream.disposition
+                copied[stream.index] = copy
         output.start_encoding()
         if video.codec_context.extradata != work.extradata:
             raise VideoError(f"{out}: the {settings.codec} encoder's stream headers differ from the segments'")
