@@ -20,6 +20,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -34,7 +35,7 @@ UPSCALE = [sys.executable, "-m", "upscaler"]
 
 def photo_frames(width: int, height: int, count: int) -> list[np.ndarray]:
     """A real photo at the frame size, shifted a little each frame so that no two frames are equal."""
-    photo = Image.open(sorted((ROOT / "examples").glob("*.png"))[0]).convert("RGB").resize((width + 16, height))
+    photo = Image.open(min((ROOT / "examples").glob("*.png"))).convert("RGB").resize((width + 16, height))
     pixels = np.asarray(photo)
     return [np.ascontiguousarray(pixels[:, i % 16: i % 16 + width]) for i in range(count)]
 
@@ -61,7 +62,7 @@ def write_clip(path: Path, frames: list[np.ndarray]) -> None:
         container.mux(stream.encode(None))
 
 
-def bench_fps(common: list[str], size: str, frames: int, warmup: int) -> dict[str, object]:
+def bench_fps(common: list[str], size: str, frames: int, warmup: int) -> dict[str, Any]:
     out = subprocess.run([*UPSCALE, "bench", *common, "--size", size, "--frames", str(frames), "--warmup", str(warmup),
                           "--json"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -75,7 +76,8 @@ def pipe_fps(common: list[str], y4m: Path, width: int, height: int, scale: int, 
                                    stderr=subprocess.PIPE)
         assert process.stdout is not None
         process.stdout.readline()  # header
-        stamps, got = [], 0
+        stamps: list[float] = []
+        got = 0
         while chunk := process.stdout.read(1 << 20):
             got += len(chunk)
             while len(stamps) < got // frame_bytes:
@@ -87,7 +89,8 @@ def pipe_fps(common: list[str], y4m: Path, width: int, height: int, scale: int, 
 
 
 def video_fps(common: list[str], clip: Path, out: Path) -> tuple[float, str]:
-    result = subprocess.run([*UPSCALE, "video", str(clip), "-o", str(out), *common], capture_output=True, text=True)
+    result = subprocess.run([*UPSCALE, "video", str(clip), "-o", str(out), *common], capture_output=True, text=True,
+                            check=False)
     if result.returncode:
         raise SystemExit(f"upscale video failed:\n{result.stderr}")
     fps = re.search(r"frames/s\s*│\s*([\d.]+)", result.stderr)

@@ -19,7 +19,14 @@ from typer.testing import CliRunner
 
 from upscaler.cli import app
 from upscaler.io.colour import (
-    MATRIX_BT709, RANGE_LIMITED, ColourTags, SwscaleConverter, TorchConverter, frame_from_planes, frame_planes, yuv_layout,
+    MATRIX_BT709,
+    RANGE_LIMITED,
+    ColourTags,
+    SwscaleConverter,
+    TorchConverter,
+    frame_from_planes,
+    frame_planes,
+    yuv_layout,
 )
 from upscaler.io.video import HdrMetadata
 
@@ -32,10 +39,10 @@ def ffmpeg(*args: str | Path) -> None:
 
 
 def upscale(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "upscaler", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "upscaler", *map(str, args)], capture_output=True, text=True, check=False)
 
 
-def decoded(path: Path) -> tuple[list[np.ndarray], list[int]]:
+def decoded(path: Path) -> tuple[list[np.ndarray], list[int | None]]:
     with av.open(str(path)) as container:
         frames = list(container.decode(video=0))
     return [f.to_ndarray(format="yuv444p") for f in frames], [f.pts for f in frames]
@@ -78,6 +85,7 @@ def test_video_copies_streams_and_keeps_timing_colour_and_rotation(rich_clip: Pa
             assert getattr(dv.codec_context, tag) == getattr(sv.codec_context, tag), tag
         assert dst.streams[3].metadata["filename"] == "font.ttf"
         assert dst.streams.audio[0].language == "fra"
+        assert dst.duration is not None and src.duration is not None
         assert abs(dst.duration - src.duration) <= av.time_base // 12
         assert next(dst.decode(video=0)).rotation == 90
     for kind in ("audio", "subtitle"):
@@ -86,7 +94,8 @@ def test_video_copies_streams_and_keeps_timing_colour_and_rotation(rich_clip: Pa
     frames_out, pts_out = decoded(out)
     assert len(frames_out) == len(frames_in) == 12
     assert pts_out == pts_in  # variable frame rate kept frame for frame
-    assert np.diff(pts_in).min() < np.diff(pts_in).max()
+    steps = np.diff(np.array(pts_in, dtype=np.int64))
+    assert steps.min() < steps.max()
 
 
 def test_ten_bit_stays_ten_bit_with_its_hdr_mastering_data(tmp_path: Path, tiny_model: Path) -> None:
@@ -187,10 +196,10 @@ def _frames_decoded(stderr: str) -> int:
 
 def test_sigkill_mid_video_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_model: Path) -> None:
     clip = tmp_path / "long.mkv"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12", "-frames:v", "36", "-c:v", "libx264", "-g", "3",
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12", "-frames:v", "24", "-c:v", "libx264", "-g", "3",
            "-pix_fmt", "yuv420p", clip)
     out = tmp_path / "out.mkv"
-    command = ["video", clip, "-o", out, "--device", "cpu", "-m", tiny_model, "--segment-seconds", "0.2"]
+    command: list[str | Path] = ["video", clip, "-o", out, "--device", "cpu", "-m", tiny_model, "--segment-seconds", "0.2"]
     work = tmp_path / ".upscale-work-out.mkv"
     process = subprocess.Popen([sys.executable, "-m", "upscaler", *map(str, command)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -200,20 +209,20 @@ def test_sigkill_mid_video_then_rerun_resumes_and_matches_an_uninterrupted_run(t
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done_before = len(list(work.glob("segment-*.packets")))
-    assert 3 <= done_before < 12 and not out.exists()
+    assert 3 <= done_before < 8 and not out.exists()
 
     resumed = upscale(*command)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming:" in resumed.stderr
-    assert _frames_decoded(resumed.stderr) <= 36 - 3 * done_before
+    assert _frames_decoded(resumed.stderr) <= 24 - 3 * done_before
     assert not work.exists()
 
     whole = tmp_path / "whole.mkv"
     fresh = CliRunner().invoke(app, [str(c) for c in command[:2]] + ["-o", str(whole)] + [str(c) for c in command[4:]])
     assert fresh.exit_code == 0, fresh.output
-    assert _frames_decoded(fresh.output) == 36
+    assert _frames_decoded(fresh.output) == 24
     (a, pts_a), (b, pts_b) = decoded(out), decoded(whole)
-    assert pts_a == pts_b and len(a) == 36
+    assert pts_a == pts_b and len(a) == 24
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 

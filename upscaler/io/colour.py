@@ -131,9 +131,10 @@ class SwscaleConverter:
 def frame_planes(frame: av.VideoFrame, layout: YuvLayout) -> list[np.ndarray]:
     """The frame's Y, U, V planes as arrays (views into the frame, row padding cut off)."""
     planes = []
+    itemsize = np.dtype(layout.dtype).itemsize
     for plane in frame.planes:
-        itemsize = np.dtype(layout.dtype).itemsize
-        rows = np.frombuffer(plane, layout.dtype).reshape(plane.height, plane.line_size // itemsize)
+        buffer = memoryview(plane)  # type: ignore[arg-type]  # the stubs miss the planes' buffer protocol
+        rows = np.frombuffer(buffer, layout.dtype).reshape(plane.height, plane.line_size // itemsize)
         planes.append(rows[:, : plane.width])
     return planes
 

@@ -12,7 +12,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class Stages(Generic[M]):
                 continue
             if item is _END:
                 return
-            info, frame = item  # type: ignore[misc]
+            info, frame = cast(tuple[M, np.ndarray], item)
             meta.append(info)
             yield frame
 
@@ -90,7 +90,7 @@ class Stages(Generic[M]):
                 continue
             if item is _END:
                 return
-            info, frame = item  # type: ignore[misc]
+            info, frame = cast(tuple[M, np.ndarray], item)
             try:
                 sink(info, frame)
             except Exception as exc:  # noqa: BLE001 - raised in the caller's thread

@@ -20,17 +20,20 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import av
 import av.error
 import numpy as np
 from av.codec.context import Flags
+from av.sidedata.sidedata import SideData
 from av.sidedata.sidedata import Type as SideDataType
+from av.video.codeccontext import VideoCodecContext
+from av.video.stream import VideoStream
 
 from upscaler.io.colour import ColourTags, Converter, bit_depth, yuv_layout
 from upscaler.io.files import TEMP_PREFIX, write_atomically
@@ -101,8 +104,8 @@ def _q(num: int, den: int, unit: int) -> int:
 def _hdr_from_frame(frame: av.VideoFrame) -> HdrMetadata | None:
     primaries = luminance = None
     cll: tuple[int, int] | None = None
-    for data in frame.side_data:
-        raw = bytes(data)
+    for data in _side_data(frame):
+        raw = _side_data_bytes(data)
         if data.type == SideDataType.MASTERING_DISPLAY_METADATA and len(raw) >= 88:
             v = struct.unpack_from("<22i", raw)
             has_primaries, has_luminance = v[20], v[21]
@@ -117,10 +120,18 @@ def _hdr_from_frame(frame: av.VideoFrame) -> HdrMetadata | None:
     return HdrMetadata(primaries, luminance, *(cll or (None, None)))
 
 
+def _side_data(frame: av.VideoFrame) -> list[SideData]:
+    return list(cast(Iterable[SideData], frame.side_data))  # the stubs type the container as one item
+
+
+def _side_data_bytes(data: SideData) -> bytes:
+    return bytes(memoryview(data))  # type: ignore[arg-type]  # the stubs miss SideData's buffer protocol
+
+
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
-    for data in frame.side_data:
+    for data in _side_data(frame):
         if data.type == SideDataType.DISPLAYMATRIX:
-            return struct.unpack_from("<9i", bytes(data))
+            return struct.unpack_from("<9i", _side_data_bytes(data))
     return None
 
 
@@ -137,7 +148,7 @@ def _cause(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def _picture_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+def _picture_stream(container: av.container.InputContainer, path: Path) -> VideoStream:
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             return stream
@@ -178,17 +189,17 @@ class EncodeSettings:
     options: dict[str, str]
     global_header: bool
 
-    def open(self, source: SourceVideo, width: int, height: int) -> av.video.codeccontext.VideoCodecContext:
+    def open(self, source: SourceVideo, width: int, height: int) -> VideoCodecContext:
         """A fresh encoder: every segment gets one, configured identically."""
-        ctx = av.CodecContext.create(self.codec, "w")
+        ctx = cast(VideoCodecContext, av.CodecContext.create(self.codec, "w"))
         _configure(ctx, self, source, width, height)
         if self.global_header:
             ctx.flags |= Flags.global_header
         ctx.open()
-        return ctx  # type: ignore[return-value]
+        return ctx
 
 
-def _configure(ctx: av.video.codeccontext.VideoCodecContext, settings: EncodeSettings, source: SourceVideo,
+def _configure(ctx: VideoCodecContext, settings: EncodeSettings, source: SourceVideo,
                width: int, height: int) -> None:
     ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
     ctx.time_base = source.time_base
@@ -213,7 +224,7 @@ def encoder_available(codec: str) -> bool:
 def _encoder_opens(codec: str) -> bool:
     """Whether the encoder starts here: the wheel may have NVENC where the GPU has none (an H100 has none)."""
     try:
-        ctx = av.CodecContext.create(codec, "w")
+        ctx = cast(VideoCodecContext, av.CodecContext.create(codec, "w"))
         ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 25)
         ctx.open()
     except (av.error.FFmpegError, ValueError):
@@ -264,11 +275,12 @@ def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: st
                                           for p in hdr.x26x_params())
     elif codec == "libsvtav1":
         options["svtav1-params"] = "enable-stat-report=0"
-    if pix_fmt not in [f.name for f in av.Codec(codec, "w").video_formats or [pix_fmt]]:
+    supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
+    if supported and pix_fmt not in supported:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it")
     try:
         with av.open(str(out), "w") as probe_out:
-            global_header = bool(probe_out.format.flags & av.format.Flags.global_header.value)
+            global_header = bool(probe_out.format.flags & cast(int, av.format.Flags.global_header.value))
     except ValueError as exc:
         raise VideoError(f"{out}: FFmpeg cannot write this kind of file ({exc})") from None
     return EncodeSettings(codec, pix_fmt, options, global_header)
@@ -334,10 +346,15 @@ class WorkFolder:
     def _save(self) -> None:
         manifest = {"key": self.key, "segments": [asdict(s) for s in self.segments],
                     "extradata": None if self.extradata is None else self.extradata.hex()}
-        write_atomically(self.path / _MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+        text = json.dumps(manifest, indent=1)
+        write_atomically(self.path / _MANIFEST, lambda tmp: _write_text(tmp, text))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
 
 
 def _segment_name(index: int) -> str:
@@ -418,7 +435,7 @@ class _SegmentEncoder:
         self.work, self.source, self.settings = work, source, settings
         self.size = (width, height)
         self.converter = converter
-        self._ctx: av.video.codeccontext.VideoCodecContext | None = None
+        self._ctx: VideoCodecContext | None = None
         self._file: BinaryIO | None = None
         self._tmp: Path | None = None
         self._first_pts = 0
@@ -475,7 +492,7 @@ def _decoded_frames(source: SourceVideo, start_pts: int | None, segment_s: float
                     converter: Converter) -> Iterator[tuple[FrameInfo, np.ndarray]]:
     """Source frames from `start_pts` on, RGB, each told whether it opens a segment and whether it is the last."""
     with _open_input(source.path) as container:
-        stream = container.streams[source.stream_index]
+        stream = cast(VideoStream, container.streams[source.stream_index])
         stream.thread_type = "AUTO"
         if start_pts is not None:
             container.seek(start_pts, backward=True, any_frame=False, stream=stream)
@@ -483,7 +500,7 @@ def _decoded_frames(source: SourceVideo, start_pts: int | None, segment_s: float
         pending: tuple[FrameInfo, np.ndarray] | None = None
         last_pts: int | None = None
         try:
-            for frame in container.decode(stream):
+            for frame in cast(Iterator[av.VideoFrame], container.decode(stream)):
                 stats.decoded += 1
                 pts = frame.pts if frame.pts is not None else (last_pts + 1 if last_pts is not None else 0)
                 if start_pts is not None and pts < start_pts:
@@ -504,7 +521,7 @@ def _decoded_frames(source: SourceVideo, start_pts: int | None, segment_s: float
 
 
 def encode_segments(
-    source: SourceVideo, work: WorkFolder, settings: EncodeSettings, upscale: Callable[[Iterator[np.ndarray]], Iterator[np.ndarray]],
+    source: SourceVideo, work: WorkFolder, settings: EncodeSettings, upscale: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]],
     scale: int, converter: Converter, segment_s: float, on_frame: Callable[[], None],
 ) -> RunStats:
     """Encode every segment the work folder lacks; returns what this run did."""
@@ -559,7 +576,7 @@ def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, s
         copied = {}
         for stream in container.streams:
             if stream.index == source.stream_index:
-                video = output.add_stream(settings.codec, rate=source.rate)
+                video = cast(VideoStream, output.add_stream(settings.codec, rate=source.rate))
                 _configure(video.codec_context, settings, source, source.width * scale, source.height * scale)
                 video.time_base = source.time_base
                 video.metadata.update(source.metadata)
@@ -580,7 +597,7 @@ def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, s
             output.mux(packet)
 
 
-def _video_packets(work: WorkFolder, stream: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+def _video_packets(work: WorkFolder, stream: VideoStream) -> Iterator[av.Packet]:
     last_dts: int | None = None
     for index in range(len(work.segments)):
         for pts, dts, duration, key, data in _read_packets(work.segment_path(index)):

@@ -15,7 +15,15 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from upscaler.io.colour import RANGE_FULL, RANGE_LIMITED, ColourTags, YuvLayout, frame_from_planes, frame_planes, yuv_layout
+from upscaler.io.colour import (
+    RANGE_FULL,
+    RANGE_LIMITED,
+    ColourTags,
+    YuvLayout,
+    frame_from_planes,
+    frame_planes,
+    yuv_layout,
+)
 
 MAGIC = b"YUV4MPEG2"
 _MAX_LINE = 4096
