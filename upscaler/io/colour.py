@@ -9,6 +9,7 @@ where at 4K output a CPU conversion alone would cap the frame rate.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -191,8 +192,20 @@ class TorchConverter:
         self._from_rgb = torch.linalg.inv(_yuv_matrix(tags_out.resolved_matrix(height_out))).to(device, torch.float32)
         self._q_in = _Quantiser(layout_in.bits, tags_in.full_range)
         self._q_out = _Quantiser(layout_out.bits, tags_out.full_range)
+        # Decoding and encoding threads each get their own CUDA stream, apart from the engine's.
+        cuda = device.type == "cuda"
+        self._in_stream = torch.cuda.Stream(device) if cuda else None
+        self._out_stream = torch.cuda.Stream(device) if cuda else None
 
     def to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        with _on(self._in_stream):
+            return self._to_rgb_here(frame)
+
+    def planes_from_rgb(self, rgb: np.ndarray) -> list[np.ndarray]:
+        with _on(self._out_stream):
+            return self._planes_here(rgb)
+
+    def _to_rgb_here(self, frame: av.VideoFrame) -> np.ndarray:
         y, u, v = (self._upload(p) for p in frame_planes(frame, self.layout_in))
         height, width = y.shape
         y_off, y_scale = self._q_in.luma_offset_scale()
@@ -202,13 +215,12 @@ class TorchConverter:
             chroma = F.interpolate(chroma[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         ycc = torch.cat([((y - y_off) / y_scale)[None], chroma])
         rgb = torch.einsum("ck,khw->hwc", self._to_rgb, ycc)
-        out = (rgb * self.rgb_max).round_().clamp_(0, self.rgb_max).to(self.rgb_dtype)
-        return out.cpu().numpy()
+        return self._download((rgb * self.rgb_max).round_().clamp_(0, self.rgb_max).to(self.rgb_dtype))
 
     def from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
         return frame_from_planes(self.planes_from_rgb(rgb), self.layout_out)
 
-    def planes_from_rgb(self, rgb: np.ndarray) -> list[np.ndarray]:
+    def _planes_here(self, rgb: np.ndarray) -> list[np.ndarray]:
         pixels = self._upload(rgb) / (255.0 if rgb.dtype == np.uint8 else 65535.0)
         ycc = torch.einsum("ck,hwk->chw", self._from_rgb, pixels)
         layout, q = self.layout_out, self._q_out
@@ -221,13 +233,27 @@ class TorchConverter:
         luma = (ycc[0] * y_scale + y_off).round_().clamp_(0, top)
         chroma = (chroma * c_scale + c_off).round_().clamp_(0, top)
         dtype = torch.uint8 if layout.bits == 8 else torch.uint16
-        return [luma.to(dtype).cpu().numpy(), *chroma.to(dtype).cpu().numpy()]
+        return [self._download(luma.to(dtype)), *(self._download(c) for c in chroma.to(dtype))]
 
     def _upload(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            if not tensor.is_pinned():  # the engine hands out frames in pinned memory already
+                tensor = tensor.pin_memory()
+            tensor = tensor.to(self.device, non_blocking=True)
         return tensor.float()
+
+    def _download(self, tensor: torch.Tensor) -> np.ndarray:
+        """To pinned host memory on CUDA: the fast copy, and the engine takes it without pinning again."""
+        if self.device.type != "cuda":
+            return tensor.numpy()
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor)
+        return host.numpy()
+
+
+def _on(stream: torch.cuda.Stream | None) -> AbstractContextManager[object]:
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
 
 def open_converter(device: torch.device, tags_in: ColourTags, pix_fmt_in: str, height_in: int,

@@ -96,6 +96,17 @@ class HdrMetadata:
             params.append(f"max-cll={self.max_cll},{self.max_fall}")
         return params
 
+    def svtav1_params(self) -> list[str]:
+        """The same for SVT-AV1, which takes chromaticities and luminance as decimals."""
+        params = []
+        if self.primaries is not None and self.luminance is not None:
+            r, g, b, w = ((x / 50000, y / 50000) for x, y in zip(self.primaries[::2], self.primaries[1::2], strict=True))
+            params.append("mastering-display=" + "".join(f"{k}({x:.4f},{y:.4f})" for k, (x, y) in zip("GBR", (g, b, r), strict=True))
+                          + f"WP({w[0]:.4f},{w[1]:.4f})L({self.luminance[0] / 10000:.4f},{self.luminance[1] / 10000:.4f})")
+        if self.max_cll is not None:
+            params.append(f"content-light={self.max_cll},{self.max_fall}")
+        return params
+
 
 def _q(num: int, den: int, unit: int) -> int:
     return round(num * unit / den) if den else 0
@@ -274,7 +285,9 @@ def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: st
         options["x264-params"] = ":".join(p.replace("master-display", "mastering-display").replace("max-cll", "cll")
                                           for p in hdr.x26x_params())
     elif codec == "libsvtav1":
-        options["svtav1-params"] = "enable-stat-report=0"
+        os.environ.setdefault("SVT_LOG", "1")  # errors only: its banner is not ours to print
+        if hdr:
+            options["svtav1-params"] = ":".join(hdr.svtav1_params())
     supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
     if supported and pix_fmt not in supported:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it")
