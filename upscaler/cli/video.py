@@ -77,13 +77,13 @@ class _Rate:
 
 
 def _summary(title: str, rows: list[tuple[str, str]], rate: _Rate, frame_pixels: int) -> None:
+    """The command's own rows, then wall time, frames/s and input megapixels/s of this run."""
+    seconds = max(rate.elapsed, 1e-9)
+    rows = [*rows, ("wall time", f"{rate.elapsed:.2f} s"), ("frames/s", f"{rate.frames / seconds:.2f}"),
+            ("input megapixels/s", f"{rate.frames * frame_pixels / 1e6 / seconds:.3f}")]
     table = Table(title=title, show_header=False)
     for key, value in rows:
         table.add_row(key, value)
-    table.add_row("wall time", f"{rate.elapsed:.2f} s")
-    if rate.frames and rate.elapsed > 0:
-        table.add_row("frames/s", f"{rate.frames / rate.elapsed:.2f}")
-        table.add_row("input megapixels/s", f"{rate.frames * frame_pixels / 1e6 / rate.elapsed:.3f}")
     console.print(table)
 
 

@@ -39,7 +39,6 @@ from upscaler.io.colour import ColourTags, Converter, bit_depth, yuv_layout
 from upscaler.io.files import TEMP_PREFIX, write_atomically
 from upscaler.io.stages import Stages
 
-CODECS = ("auto", "libx264", "libx265", "libsvtav1", "ffv1", "h264_nvenc", "hevc_nvenc")
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
 DEFAULT_SEGMENT_S = 10.0
 _NOPTS = -(2**63)
