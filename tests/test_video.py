@@ -241,3 +241,25 @@ def test_ctrl_c_keeps_complete_segments_and_no_output(tmp_path: Path, tiny_model
     assert "error: interrupted" in stderr and "resume" in stderr and "Traceback" not in stderr
     assert not out.exists() and list(work.glob("segment-*.packets"))
     assert not list(work.glob(".upscale-*")), "the segment in progress is dropped, not left half-written"
+
+
+def test_work_folder_reuses_only_the_same_jobs_complete_segments(tmp_path: Path) -> None:
+    from upscaler.io.video import Segment, WorkFolder
+
+    out = tmp_path / "out.mkv"
+    first = WorkFolder(out, {"model": "a"})
+    assert not first.load()
+    for index in range(2):
+        first.segment_path(index).write_bytes(b"packets")
+        first.add(Segment(first_pts=3 * index, frames=3, next_pts=3 * index + 3), b"headers")
+    first.segment_path(1).unlink()  # listed, but its file is gone
+    again = WorkFolder(out, {"model": "a"})
+    assert again.load() and again.frames == 3 and again.extradata == b"headers"
+    other = WorkFolder(out, {"model": "b"})
+    assert not other.load() and not other.segment_path(0).exists()
+
+
+def test_output_suffix_ffmpeg_cannot_write_is_a_usage_error(rich_clip: Path, tmp_path: Path, tiny_model: Path) -> None:
+    result = CliRunner().invoke(app, ["video", str(rich_clip), "-o", str(tmp_path / "out.xyz"), "--device", "cpu",
+                                      "-m", str(tiny_model)])
+    assert result.exit_code == 2 and "out.xyz" in result.output and "Traceback" not in result.output

@@ -138,12 +138,11 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
     tags_out = replace(info.tags, matrix=info.tags.resolved_matrix(info.height))
     converter = open_converter(engine.plan.device, info.tags, info.pix_fmt, info.height, tags_out, encoding.pix_fmt,
                                info.height * scale)
-    key = v.job_key(source, out, encoding, v.engine_key(engine.model.source, _weights_file(settings), scale, engine.description),
-                    segment_seconds)
+    key = v.job_key(source, encoding, engine.model.source, scale, engine.description, segment_seconds)
     work = v.WorkFolder(out, key)
     if resume and work.load():
         console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
-    elif not resume or not work.path.is_dir():
+    elif not resume:
         work.clear()
     rate = _Rate()
     interrupted = False
@@ -160,6 +159,8 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
             interrupted = True
         except v.VideoError as exc:
             raise fail(str(exc), EXIT_FAILED) from None
+        except OSError as exc:  # a full disk, a folder gone: complete segments stay for a re-run
+            raise fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_FAILED) from None
     if interrupted:
         raise fail(f"interrupted with {work.frames} frame(s) in {len(work.segments)} complete segment(s); "
                    "run the same command again to resume", EXIT_INTERRUPTED)
@@ -170,11 +171,6 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         ("frames decoded this run", str(stats.decoded)),
         ("resumed from", f"{stats.resumed_segments} segment(s), {stats.resumed_frames} frame(s)"),
     ], rate, info.width * info.height)
-
-
-def _weights_file(settings: RunSettings) -> Path | None:
-    path = Path(settings.model)
-    return path if path.suffix else None
 
 
 def _parse_size(size: str | None) -> tuple[int, int]:

@@ -15,7 +15,6 @@ so the frames are the same however many times the work was interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -197,7 +196,8 @@ class EncodeSettings:
     codec: str
     pix_fmt: str
     options: dict[str, str]
-    global_header: bool
+    container: str  # FFmpeg's name of OUT's format, picked by OUT's suffix
+    global_header: bool  # the container wants stream headers apart (mkv, mp4), so the encoders must too
 
     def open(self, source: SourceVideo, width: int, height: int) -> VideoCodecContext:
         """A fresh encoder: every segment gets one, configured identically."""
@@ -290,12 +290,18 @@ def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: st
     supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
     if supported and pix_fmt not in supported:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it")
+    with _open_output(out) as probe_out:
+        global_header = bool(probe_out.format.flags & cast(int, av.format.Flags.global_header.value))
+        return EncodeSettings(codec, pix_fmt, options, probe_out.format.name, global_header)
+
+
+def _open_output(out: Path, name: Path | None = None, container: str | None = None) -> av.container.OutputContainer:
+    """An output container; nothing is written to disk until its header is."""
     try:
-        with av.open(str(out), "w") as probe_out:
-            global_header = bool(probe_out.format.flags & cast(int, av.format.Flags.global_header.value))
-    except ValueError as exc:
-        raise VideoError(f"{out}: FFmpeg cannot write this kind of file ({exc})") from None
-    return EncodeSettings(codec, pix_fmt, options, global_header)
+        return av.open(str(name or out), "w", format=container)
+    except ValueError:
+        raise VideoError(f"{out}: FFmpeg has no container for {out.suffix or 'a name without a suffix'}; "
+                         "use .mkv, .mp4, .mov or .webm") from None
 
 
 # --- the work folder ------------------------------------------------------------------------------
@@ -383,21 +389,16 @@ def _complete_prefix(folder: Path, segments: list[Segment]) -> list[Segment]:
     return kept
 
 
-def job_key(source: Path, out: Path, settings: EncodeSettings, engine_key: str, segment_s: float) -> dict[str, object]:
-    """What must match for a previous run's segments to be reused."""
+def job_key(source: Path, settings: EncodeSettings, model: str, scale: int, engine: str,
+            segment_s: float) -> dict[str, object]:
+    """What must match for a previous run's segments to be reused: the same source, model, engine and encoder."""
     stat = source.stat()
+    model_path = Path(model)
+    model_stamp = [model_path.stat().st_size, model_path.stat().st_mtime_ns] if model_path.is_file() else None
     return {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "out_suffix": out.suffix.lower(), "codec": settings.codec, "pix_fmt": settings.pix_fmt,
-            "options": settings.options, "global_header": settings.global_header, "engine": engine_key,
-            "segment_s": segment_s}
-
-
-def engine_key(model_source: str, weights_file: Path | None, scale: int, description: str) -> str:
-    digest = hashlib.sha256(f"{model_source}|{scale}|{description}".encode())
-    if weights_file is not None and weights_file.is_file():
-        stat = weights_file.stat()
-        digest.update(f"{weights_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+            "model": model, "model_file": model_stamp, "scale": scale, "engine": engine,
+            "codec": settings.codec, "pix_fmt": settings.pix_fmt, "options": settings.options,
+            "container": settings.container, "segment_s": segment_s}
 
 
 # --- packets on disk ------------------------------------------------------------------------------
@@ -567,7 +568,7 @@ def mux(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: 
 def check_streams(source: SourceVideo, out: Path) -> list[str]:
     """Fail early if OUT's container cannot hold a stream to copy; returns warnings for streams left out."""
     warnings: list[str] = []
-    with _open_input(source.path) as container, av.open(str(out), "w") as probe_out:
+    with _open_input(source.path) as container, _open_output(out) as probe_out:
         for stream in container.streams:
             if stream.index == source.stream_index:
                 continue
@@ -583,8 +584,7 @@ def check_streams(source: SourceVideo, out: Path) -> list[str]:
 
 
 def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, tmp: Path, out: Path) -> None:
-    fmt = av.open(str(out), "w").format.name  # OUT's suffix picks the container, not the temporary name's
-    with _open_input(source.path) as container, av.open(str(tmp), "w", format=fmt) as output:
+    with _open_input(source.path) as container, _open_output(out, tmp, settings.container) as output:
         copied = {}
         for stream in container.streams:
             if stream.index == source.stream_index:
