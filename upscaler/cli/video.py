@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
@@ -20,6 +21,8 @@ from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
 from upscaler.cli.options import run_options
 from upscaler.engine.engine import Engine, open_engine
 from upscaler.engine.settings import RunSettings
+
+_PIPE_BYTES = 1 << 20
 
 
 class Codec(str, Enum):
@@ -232,6 +235,8 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
     if output_format is PipeFormat.y4m and input_format is not PipeFormat.y4m:
         raise fail("--output y4m needs y4m input (raw frames carry no rate, layout or colour tags)")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    for stream in (stdin, stdout):
+        _widen_pipe(stream)
     header: y4m.Y4MHeader | None = None
     if input_format is PipeFormat.y4m:
         try:
@@ -289,6 +294,14 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
         return
     _summary("upscale pipe", [("model", engine.model.source), ("backend", engine.description),
                               ("frames", str(rate.frames))], rate, width * height)
+
+
+def _widen_pipe(stream: BinaryIO) -> None:
+    """A 1 MiB pipe buffer instead of 64 KiB: a 4K frame crosses in a dozen writes, not two hundred."""
+    try:
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    except (OSError, AttributeError, ValueError):
+        pass  # not a pipe, not Linux, or over the system's limit: the default works too
 
 
 def _flush_quietly(stdout: BinaryIO) -> None:
