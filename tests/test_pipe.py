@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,11 +23,13 @@ from upscaler.engine.settings import RunSettings
 from upscaler.io import y4m
 from upscaler.io.colour import frame_planes
 
-PIPE = [sys.executable, "-m", "upscaler", "pipe", "--device", "cpu"]
+PIPE = [sys.executable, "-m", "upscaler", "pipe"]
 
 
 def pipe(stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*PIPE, *args], input=stdin, capture_output=True, check=False)
+    """The command on CPU unless `args` name a device."""
+    device = [] if "--device" in args else ["--device", "cpu"]
+    return subprocess.run([*PIPE, *device, *args], input=stdin, capture_output=True, check=False)
 
 
 def read_y4m(data: bytes) -> tuple[y4m.Y4MHeader, list[list[np.ndarray]]]:
@@ -92,7 +95,7 @@ def test_raw_rgb24_in_and_out_is_what_the_engine_makes(tiny_model: Path) -> None
 
 
 def test_reader_closing_the_pipe_ends_quietly(clip_y4m: Path, tiny_model: Path) -> None:
-    command = " ".join(PIPE + ["-m", str(tiny_model)]) + f" < {clip_y4m} | head -c 1000 > /dev/null"
+    command = " ".join(PIPE + ["--device", "cpu", "-m", str(tiny_model)]) + f" < {clip_y4m} | head -c 1000 > /dev/null"
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "closed the pipe" in result.stderr and "Traceback" not in result.stderr and "Exception" not in result.stderr
@@ -119,7 +122,7 @@ def test_raw_input_needs_a_size() -> None:
 
 
 def test_ctrl_c_stops_cleanly(clip_y4m: Path, tiny_model: Path) -> None:
-    process = subprocess.Popen([*PIPE, "-m", str(tiny_model)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    process = subprocess.Popen([*PIPE, "--device", "cpu", "-m", str(tiny_model)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     data = clip_y4m.read_bytes()
@@ -132,3 +135,13 @@ def test_ctrl_c_stops_cleanly(clip_y4m: Path, tiny_model: Path) -> None:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr.decode()
     assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pipe_on_the_gpu_matches_the_cpu(clip_y4m: Path) -> None:
+    outputs = [pipe(clip_y4m.read_bytes(), "--device", device, "--precision", "fp32") for device in ("cpu", "cuda")]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr.decode()
+    (_, cpu), (_, gpu) = (read_y4m(r.stdout) for r in outputs)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert psnr(a[0], b[0]) >= 40.0

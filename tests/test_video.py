@@ -263,3 +263,18 @@ def test_output_suffix_ffmpeg_cannot_write_is_a_usage_error(rich_clip: Path, tmp
     result = CliRunner().invoke(app, ["video", str(rich_clip), "-o", str(tmp_path / "out.xyz"), "--device", "cpu",
                                       "-m", str(tiny_model)])
     assert result.exit_code == 2 and "out.xyz" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_conversion_on_the_gpu_matches_the_cpu() -> None:
+    layout = yuv_layout("yuv420p10le")
+    assert layout is not None
+    tags = ColourTags(RANGE_LIMITED, MATRIX_BT709)
+    yy, xx = np.mgrid[0:540, 0:960]
+    rgb = np.stack([xx * 60, yy * 110, (xx + yy) * 40], -1).astype(np.uint16)
+    cpu = TorchConverter(torch.device("cpu"), tags, layout, 540, tags, layout, 540)
+    gpu = TorchConverter(torch.device("cuda"), tags, layout, 540, tags, layout, 540)
+    for a, b in zip(cpu.planes_from_rgb(rgb), gpu.planes_from_rgb(rgb), strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1
+    frame = cpu.from_rgb(rgb)
+    assert np.abs(cpu.to_rgb(frame).astype(int) - gpu.to_rgb(frame)).max() <= 257

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -235,6 +234,10 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
     if output_format is PipeFormat.y4m and input_format is not PipeFormat.y4m:
         raise fail("--output y4m needs y4m input (raw frames carry no rate, layout or colour tags)")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    if stdin.isatty() or stdout.isatty():
+        which = "stdin" if stdin.isatty() else "stdout"
+        raise fail(f"{which} is a terminal; pipe frames through: ffmpeg -i IN -f yuv4mpegpipe - | upscale pipe | "
+                   "ffmpeg -f yuv4mpegpipe -i - OUT")
     for stream in (stdin, stdout):
         _widen_pipe(stream)
     header: y4m.Y4MHeader | None = None
@@ -299,8 +302,10 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
 def _widen_pipe(stream: BinaryIO) -> None:
     """A 1 MiB pipe buffer instead of 64 KiB: a 4K frame crosses in a dozen writes, not two hundred."""
     try:
+        import fcntl
+
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-    except (OSError, AttributeError, ValueError):
+    except (ImportError, OSError, AttributeError, ValueError):
         pass  # not a pipe, not Linux, or over the system's limit: the default works too
 
 
