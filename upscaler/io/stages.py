@@ -23,8 +23,10 @@ _READER_GRACE_S = 2.0
 
 
 class Stages(Generic[M]):
+    """One run of frames, each carrying metadata `M` (timestamps...) past the engine to the writer."""
+
     def __init__(self, depth: int = 4) -> None:
-        self.stop = threading.Event()
+        self._stop = threading.Event()
         self._inbox: queue.Queue[object] = queue.Queue(depth)
         self._outbox: queue.Queue[object] = queue.Queue(depth)
         self._reader_error: BaseException | None = None
@@ -51,7 +53,7 @@ class Stages(Generic[M]):
         except _WriterFailed:
             pass
         finally:
-            self.stop.set()
+            self._stop.set()
             reader.join(_READER_GRACE_S)  # a reader blocked on an idle pipe is a daemon; leave it
             writer.join()
         if self._writer_error is not None:
@@ -83,7 +85,7 @@ class Stages(Generic[M]):
         self._put(self._inbox, _END)
 
     def _write(self, sink: Callable[[M, np.ndarray], None]) -> None:
-        while not self.stop.is_set():
+        while not self._stop.is_set():
             try:
                 item = self._outbox.get(timeout=_POLL_S)
             except queue.Empty:
@@ -95,12 +97,12 @@ class Stages(Generic[M]):
                 sink(info, frame)
             except Exception as exc:  # noqa: BLE001 - raised in the caller's thread
                 self._writer_error = exc
-                self.stop.set()
+                self._stop.set()
                 return
 
     def _put(self, box: queue.Queue[object], item: object) -> bool:
         """Block until there is room; False once everything is stopping."""
-        while not self.stop.is_set():
+        while not self._stop.is_set():
             try:
                 box.put(item, timeout=_POLL_S)
                 return True

@@ -21,7 +21,6 @@ from upscaler.io.colour import (
     ColourTags,
     YuvLayout,
     frame_from_planes,
-    frame_planes,
     yuv_layout,
 )
 
@@ -160,9 +159,3 @@ def _split_planes(data: bytes, width: int, height: int, layout: YuvLayout) -> li
     luma = width * height
     return [samples[:luma].reshape(height, width), samples[luma:luma + cw * ch].reshape(ch, cw),
             samples[luma + cw * ch:].reshape(ch, cw)]
-
-
-def frame_payload(frame: av.VideoFrame, layout: YuvLayout) -> bytes:
-    """One frame as y4m writes it: the FRAME line and the planes without row padding."""
-    planes = frame_planes(frame, layout)
-    return b"FRAME\n" + b"".join(np.ascontiguousarray(p).astype(f"<u{p.itemsize}", copy=False).tobytes() for p in planes)
