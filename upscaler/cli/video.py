@@ -54,7 +54,7 @@ def _open(settings: RunSettings) -> Engine:
         raise fail(str(exc)) from None
 
 
-def _progress(total: int | None) -> Progress:
+def _progress() -> Progress:
     columns = (
         TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
         TextColumn("{task.fields[rate]:.2f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -148,7 +148,7 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         work.clear()
     rate = _Rate()
     interrupted = False
-    with _progress(info.frames_estimate) as progress:
+    with _progress() as progress:
         task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
 
         def on_frame() -> None:
@@ -275,7 +275,7 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
 
     rate = _Rate()
     code, message = 0, ""
-    with _progress(None) as progress:
+    with _progress() as progress:
         task = progress.add_task("pipe", total=None, rate=0.0)
         try:
             if header is not None and output_format is PipeFormat.y4m:

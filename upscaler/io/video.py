@@ -551,6 +551,9 @@ def encode_segments(
 
     try:
         Stages[FrameInfo]().run(_decoded_frames(source, start, segment_s, stats, converter), upscale, sink)
+    except av.error.FFmpegError as exc:
+        encoder.abandon()
+        raise VideoError(f"{source.path}: the {settings.codec} encoder failed ({_cause(exc)})") from None
     except BaseException:
         encoder.abandon()
         raise
@@ -562,7 +565,10 @@ def encode_segments(
 
 def mux(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, out: Path) -> None:
     """Segments plus every other stream of the source into OUT, renamed into place when complete."""
-    write_atomically(out, lambda tmp: _mux_into(source, work, settings, scale, tmp, out))
+    try:
+        write_atomically(out, lambda tmp: _mux_into(source, work, settings, scale, tmp, out))
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{out}: writing it failed ({_cause(exc)})") from None
 
 
 def check_streams(source: SourceVideo, out: Path) -> list[str]:
