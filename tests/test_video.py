@@ -24,6 +24,7 @@ from upscaler.io.colour import (
     ColourTags,
     SwscaleConverter,
     TorchConverter,
+    YuvLayout,
     frame_from_planes,
     frame_planes,
     yuv_layout,
@@ -153,12 +154,21 @@ def test_converters_use_the_bt709_limited_range_formula() -> None:
         assert all(np.abs(b.astype(int) - p).max() <= 1 for b, p in zip(back, planes, strict=True))
 
 
-def test_both_conversions_round_trip_10_bit_422_and_agree() -> None:
-    layout = yuv_layout("yuv422p10le")
+def ramp(width: int, height: int) -> np.ndarray:
+    """A smooth 16-bit RGB ramp over the whole range: chroma subsampling loses little of it."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([xx * 63000 // width, yy * 61000 // height, (xx + yy) * 55000 // (width + height)], -1).astype(np.uint16)
+
+
+def bt709_limited(pix_fmt: str) -> tuple[YuvLayout, ColourTags]:
+    layout = yuv_layout(pix_fmt)
     assert layout is not None
-    tags = ColourTags(RANGE_LIMITED, MATRIX_BT709)
-    yy, xx = np.mgrid[0:48, 0:64]
-    rgb = np.stack([xx * 1000, yy * 1300, (xx + yy) * 500], -1).astype(np.uint16)
+    return layout, ColourTags(RANGE_LIMITED, MATRIX_BT709)
+
+
+def test_both_conversions_round_trip_10_bit_422_and_agree() -> None:
+    layout, tags = bt709_limited("yuv422p10le")
+    rgb = ramp(64, 48)
     swscale = SwscaleConverter(tags, 48, "rgb48le", tags, 48, "yuv422p10le")
     on_device = TorchConverter(torch.device("cpu"), tags, layout, 48, tags, layout, 48)
     frame = on_device.from_rgb(rgb)
@@ -267,11 +277,8 @@ def test_output_suffix_ffmpeg_cannot_write_is_a_usage_error(rich_clip: Path, tmp
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conversion_on_the_gpu_matches_the_cpu() -> None:
-    layout = yuv_layout("yuv420p10le")
-    assert layout is not None
-    tags = ColourTags(RANGE_LIMITED, MATRIX_BT709)
-    yy, xx = np.mgrid[0:540, 0:960]
-    rgb = np.stack([xx * 60, yy * 110, (xx + yy) * 40], -1).astype(np.uint16)
+    layout, tags = bt709_limited("yuv420p10le")
+    rgb = ramp(960, 540)
     cpu = TorchConverter(torch.device("cpu"), tags, layout, 540, tags, layout, 540)
     gpu = TorchConverter(torch.device("cuda"), tags, layout, 540, tags, layout, 540)
     for a, b in zip(cpu.planes_from_rgb(rgb), gpu.planes_from_rgb(rgb), strict=True):
