@@ -132,6 +132,7 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         codec_name = v.choose_codec(codec.value, info.bits, engine.plan.device.type == "cuda")
         encoding = v.encode_settings(codec_name, crf, preset, pix_fmt or v.default_pix_fmt(info.pix_fmt, codec_name),
                                      info.hdr, out)
+        encoding.check(info, info.width * scale, info.height * scale)
         warnings = v.check_streams(info, out)
     except v.VideoError as exc:
         raise fail(str(exc)) from None

@@ -208,6 +208,14 @@ class EncodeSettings:
         ctx.open()
         return ctx
 
+    def check(self, source: SourceVideo, width: int, height: int) -> None:
+        """Open the encoder once before any work, so a bad --preset or a missing GPU encoder is a usage error."""
+        try:
+            self.open(source, width, height)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise VideoError(f"{self.codec} does not start with these settings ({_cause(exc)}); "
+                             "check --codec, --preset, --crf and --pix-fmt") from None
+
 
 def _configure(ctx: VideoCodecContext, settings: EncodeSettings, source: SourceVideo,
                width: int, height: int) -> None:
