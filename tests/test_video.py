@@ -223,8 +223,9 @@ def test_sigkill_mid_video_then_rerun_resumes_and_matches_an_uninterrupted_run(t
 
     resumed = upscale(*command)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming:" in resumed.stderr
-    assert _frames_decoded(resumed.stderr) <= 24 - 3 * done_before
+    assert f"resuming: {done_before} segment(s)" in resumed.stderr
+    # Fewer frames decoded than a whole run: from the container's seek point before the first missing segment.
+    assert _frames_decoded(resumed.stderr) < 24
     assert not work.exists()
 
     whole = tmp_path / "whole.mkv"
