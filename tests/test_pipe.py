@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tests.test_video import ffmpeg
 from upscaler.cli import app
@@ -101,24 +101,28 @@ def test_reader_closing_the_pipe_ends_quietly(clip_y4m: Path, tiny_model: Path) 
     assert "closed the pipe" in result.stderr and "Traceback" not in result.stderr and "Exception" not in result.stderr
 
 
+def pipe_here(stdin: bytes, *args: str) -> Result:
+    """The command in this process (no interpreter start-up), for the error paths."""
+    return CliRunner().invoke(app, ["pipe", "--device", "cpu", *args], input=stdin)
+
+
 def test_truncated_last_frame_is_reported_after_the_complete_ones(clip_y4m: Path, tiny_model: Path) -> None:
     data = clip_y4m.read_bytes()
-    result = pipe(data[: len(data) - 500], "-m", str(tiny_model))
-    assert result.returncode == 1
-    stderr = result.stderr.decode()
-    assert "error: stdin: frame 3 is truncated" in stderr.replace("\n", " ") and "Traceback" not in stderr
-    assert len(read_y4m(result.stdout)[1]) == 2
+    result = pipe_here(data[: len(data) - 500], "-m", str(tiny_model))
+    assert result.exit_code == 1
+    assert "error: stdin: frame 3 is truncated" in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
+    assert len(read_y4m(result.stdout_bytes)[1]) == 2
 
 
 def test_not_y4m_is_one_error_line(tiny_model: Path) -> None:
-    result = pipe(b"hello, this is text\n", "-m", str(tiny_model))
-    assert result.returncode == 1 and result.stdout == b""
-    assert result.stderr.decode().count("error:") == 1 and "Traceback" not in result.stderr.decode()
+    result = pipe_here(b"hello, this is text\n", "-m", str(tiny_model))
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
 
 
 def test_raw_input_needs_a_size() -> None:
-    result = pipe(b"", "--input", "rgb24")
-    assert result.returncode == 2 and "--size" in result.stderr.decode()
+    result = pipe_here(b"", "--input", "rgb24")
+    assert result.exit_code == 2 and "--size" in result.stderr
 
 
 def test_ctrl_c_stops_cleanly(clip_y4m: Path, tiny_model: Path) -> None:
