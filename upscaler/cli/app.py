@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# Usage errors: typer vendors click from 0.2x on (its errors derive from TyperException); before, click's own.
+_USAGE_ERRORS = (click.ClickException, *filter(None, [getattr(typer, "TyperException", None)]))
 
 # C0/C1 controls (escape sequences, newlines), bidirectional overrides, and the surrogates that
 # stand for undecodable bytes of a file name.
@@ -76,7 +78,7 @@ def run(args: list[str]) -> int:
             command.invoke(ctx)
     except (typer.Exit, click.exceptions.Exit) as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         return exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
