@@ -3,6 +3,7 @@ that sum to one, and any legal file name becomes a legal output name inside OUT.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ def _assert_covers(grid: TileGrid, height: int, width: int) -> None:
     for starts, tile, full in ((grid.ys, grid.tile_h, grid.height), (grid.xs, grid.tile_w, grid.width)):
         assert starts[0] == 0 and starts[-1] + tile == full
         assert list(starts) == sorted(set(starts))
-        assert all(later <= earlier + tile for earlier, later in zip(starts, starts[1:])), "a gap between tiles"
+        assert all(later <= earlier + tile for earlier, later in itertools.pairwise(starts)), "a gap between tiles"
 
 
 def _assert_weights(starts: tuple[int, ...], tile: int, scale: int) -> None:
@@ -58,7 +59,7 @@ def test_even_grid_covers_every_pixel_within_its_budget(height: int, width: int,
     assert grid.tile_h * grid.tile_w <= budget
     for starts, tile in ((grid.ys, grid.tile_h), (grid.xs, grid.tile_w)):
         if len(starts) > 1:  # neighbours overlap by at least the asked overlap
-            assert all(earlier + tile - later >= overlap for earlier, later in zip(starts, starts[1:]))
+            assert all(earlier + tile - later >= overlap for earlier, later in itertools.pairwise(starts))
 
 
 @settings(max_examples=300, deadline=None)

@@ -18,8 +18,16 @@ from upscaler.engine.engine import Engine, open_engine
 from upscaler.engine.frames import FrameError
 from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
 from upscaler.engine.settings import RunSettings
-from upscaler.io.files import (Job, clashes, discover, is_complete, plan_jobs, prepare_folder, same_file,
-                               write_atomically)
+from upscaler.io.files import (
+    Job,
+    clashes,
+    discover,
+    is_complete,
+    plan_jobs,
+    prepare_folder,
+    same_file,
+    write_atomically,
+)
 from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_picture, read_picture, read_picture_bytes
 
 STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
@@ -195,13 +203,13 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) 
     except FrameError as exc:
         raise fail(f"{name}: {exc}", EXIT_FAILED) from None
     fmt = fmt or picture.format
-    encoded = io.BytesIO()  # seekable, as TIFF needs; a pipe is not
-    encode_picture(result, fmt, encoded)
     if out == STDIO:
+        encoded = io.BytesIO()  # seekable, as TIFF needs; a pipe is not
+        encode_picture(result, fmt, encoded)
         sys.stdout.buffer.write(encoded.getvalue())
         sys.stdout.buffer.flush()
     else:
-        write_atomically(out, lambda stream: stream.write(encoded.getvalue()))
+        write_atomically(out, lambda stream: encode_picture(result, fmt, stream))
     summary = Summary(done=1, input_pixels=picture.size[0] * picture.size[1], seconds=time.perf_counter() - started)
     _print_summary(summary, engine.model.source, engine.description)
 
