@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best is reported")
     args = parser.parse_args()
 
-    sources = discover(args.folder, Path(tempfile.gettempdir()) / "nowhere", recursive=False)
+    sources = discover(args.folder, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
     settings = RunSettings(model=args.model, device="cpu")
     _, loaded, opened = open_upscaler(settings)
     naive_module = loaded.module.float().eval().to(memory_format=torch.contiguous_format)
