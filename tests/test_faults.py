@@ -403,16 +403,18 @@ def test_11_compile_a_text_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch being loaded")
-def test_11_ctrl_c_while_torch_loads(tmp_path: Path, tiny_model: Path) -> None:
-    command = _command(["image", EXAMPLES / "chelsea.png", "-o", tmp_path / "c.png", "--model", tiny_model, *FAST])
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("command", ["image", "compile"])
+def test_11_ctrl_c_while_torch_loads(command: str, tmp_path: Path, tiny_model: Path) -> None:
+    args = {"image": ["image", EXAMPLES / "chelsea.png", "-o", tmp_path / "c.png", *FAST], "compile": ["compile", "-o", tmp_path]}
+    proc = subprocess.Popen(_command([*args[command], "--model", tiny_model]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     maps = Path(f"/proc/{proc.pid}/maps")
     _wait_for(lambda: proc.poll() is not None or "libtorch" in maps.read_text(), "torch to be mapped")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip() == "error: interrupted"
-    assert not (tmp_path / "c.png").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- 12. silent or unclear -------------------------------------------------------------------

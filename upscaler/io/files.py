@@ -150,19 +150,15 @@ def prepare_folder(folder: Path, recursive: bool) -> None:
     remove_stale_temporaries(folder, recursive)
 
 
-def remove_stale_temporaries(folder: Path, recursive: bool) -> list[Path]:
+def remove_stale_temporaries(folder: Path, recursive: bool) -> None:
     """Delete this tool's temporaries whose process is gone; a live run's (another process's) are kept."""
-    removed = []
     for parent, folders, names in os.walk(folder):
         for name in names:
             match = _TEMP_NAME.fullmatch(name)
             if match and not _alive(int(match[1])):
-                path = Path(parent, name)
-                path.unlink(missing_ok=True)
-                removed.append(path)
+                Path(parent, name).unlink(missing_ok=True)
         if not recursive:
             folders.clear()
-    return removed
 
 
 def _temp_name() -> str:
