@@ -491,6 +491,12 @@ def test_12_dash_is_standard_input_and_output(tmp_path: Path, tiny_model: Path) 
     (tmp_path / "piped.webp").write_bytes(piped.out)
     assert decoded_sizes(tmp_path) == {"file.png": x4("chelsea.png"), "piped.webp": x4("coffee.png")}
     assert Image.open(tmp_path / "file.png").format == "PNG" and Image.open(tmp_path / "piped.webp").format == "WEBP"
+    closed = subprocess.Popen(_command(["image", EXAMPLES / "chelsea.png", "-o", "-", "--model", tiny_model, *FAST]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert closed.stdout is not None
+    closed.stdout.close()  # the reader goes away before the image is written
+    _, err = closed.communicate(timeout=120)
+    assert closed.returncode == 1 and err.strip() == "error: the output pipe was closed before the image was written", err
     garbage = upscale("image", "-", "-o", tmp_path / "g.png", "--model", tiny_model, stdin=b"not an image")
     assert garbage.code == 1 and garbage.errors == ["error: standard input: not a readable image (unknown or corrupt format)"]
     no_dir = in_process("dir", tmp_path, "-o", "-")
