@@ -1,7 +1,7 @@
 """`upscale dir`'s data path vs the naive loop: same model, same images, measured side by side.
 
 naive:      eager fp32, NCHW, one whole image at a time, decode -> model -> encode in sequence.
-ours fp32:  the `upscale dir` path (tiles, batching, channels_last, decode/encode beside inference).
+ours fp32:  the `upscale dir` path (auto tiles, channels_last, decode/encode beside inference).
 ours auto:  the same with --precision auto (bf16 on CPUs with native bf16, else fp32): the default.
 Both read the images from disk and write PNGs; model loading is outside both timings.
 
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from upscaler.engine.backends import RunSettings, open_upscaler
+from upscaler.engine.engine import open_engine
+from upscaler.engine.pipeline import run_jobs
+from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job, discover, output_format, target_path
 from upscaler.models import macs_per_input_pixel
-from upscaler.engine.pipeline import run_jobs
 
 
 def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:
@@ -39,7 +40,7 @@ def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:
 
 
 def ours(settings: RunSettings, folder: Path, sources: list[Path], out: Path) -> float:
-    upscale, _, _ = open_upscaler(settings)
+    upscale = open_engine(settings).upscale
     jobs = [Job(s, target_path(s, folder, out, output_format(s, "keep")), "PNG") for s in sources]
     start = time.perf_counter()
     failures = [o for o in run_jobs(jobs, upscale) if not o.ok]
@@ -57,7 +58,8 @@ def main() -> None:
 
     sources = discover(args.folder, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
     settings = RunSettings(model=args.model, device="cpu")
-    _, loaded, opened = open_upscaler(settings)
+    engine = open_engine(settings)
+    loaded = engine.model
     naive_module = loaded.module.float().eval().to(memory_format=torch.contiguous_format)
     macs = macs_per_input_pixel(loaded.module)
     pixels = 0
@@ -74,7 +76,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 times[name] = min(times[name], ours(variant, args.folder, sources, Path(folder)))
 
-    print(f"model {loaded.source}: {macs:,.0f} MACs per input pixel; backend {opened.description}")
+    print(f"model {loaded.source}: {macs:,.0f} MACs per input pixel; backend {engine.description}")
     print(f"{len(sources)} images, {pixels / 1e6:.3f} input megapixels, torch threads {torch.get_num_threads()}")
     print("| path | wall s | images/s | useful GFLOP/s |")
     print("|---|---|---|---|")

@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from upscaler.models import get_architecture
-from upscaler.models.weights import ModelCard, save_model
+from upscaler.models.descriptor import ModelDescriptor
+from upscaler.models.weights import LoadedModel, ModelCard, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -56,3 +57,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+def in_memory_model(module: torch.nn.Module, scale: int = 4) -> LoadedModel:
+    """Any torch module (an nn.Upsample, a model that misbehaves on purpose) as a loaded model."""
+    facts = ModelDescriptor(arch="test", scale=scale, in_channels=3, out_channels=3,
+                            parameters=sum(p.numel() for p in module.parameters()), macs_per_input_pixel=0.0,
+                            supports_fp16=True, supports_bf16=True, size_multiple=1, source="memory")
+    return LoadedModel(ModelCard("test", {}, scale), module, "memory", facts)

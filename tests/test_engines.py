@@ -14,16 +14,18 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from upscaler.engine.backends import RunSettings, open_backend
 from upscaler.cli import app
 from upscaler.compile.compiler import CompileRequest, compile_model, probe_batch
-from upscaler.engine.devices import cpu_has_native_bf16
-from upscaler.engine.upscale import TiledUpscaler, TorchBackend, unusable_tiles
 from upscaler.compile.onnx import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
-from upscaler.quality.metrics import psnr
-from upscaler.engine.streams import overlap_ms
 from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.engine.backends import TorchRunner, open_runner
+from upscaler.engine.devices import cpu_has_native_bf16
+from upscaler.engine.frames import FrameError, ModelRunner, _untrustworthy
+from upscaler.engine.plan import plan_run
+from upscaler.engine.settings import RunSettings
+from upscaler.models import get_architecture
 from upscaler.models.weights import load_model
+from upscaler.quality.metrics import psnr
 
 from .conftest import ROOT, photo_array
 
@@ -106,28 +108,30 @@ def test_compile_model_reports_parity(tmp_path: Path) -> None:
     assert result.onnx_psnr is not None and result.onnx_psnr >= 50
 
 
-def test_backend_choice_on_cpu() -> None:
+def test_run_plan_on_cpu() -> None:
     loaded = load_model("default")
-    fp32 = open_backend(loaded, RunSettings(model="default", device="cpu", precision="fp32"))
-    assert isinstance(fp32.backend, TorchBackend) and fp32.fallback is None
-    assert "torch cpu fp32" in fp32.description
-    auto = open_backend(loaded, RunSettings(model="default", device="cpu"))
-    assert auto.description == ("torch cpu bf16" if cpu_has_native_bf16() else "torch cpu fp32")
-    bf16 = open_backend(loaded, RunSettings(model="default", device="cpu", precision="bf16"))
-    assert bf16.fallback is not None  # reduced precision gets an fp32 safety net
-    for bad in ({"backend": "tensorrt"}, {"precision": "fp16"}, {"backend": "cuda-magic"}):
+    fp32 = plan_run(RunSettings(model="default", device="cpu", precision="fp32"), loaded)
+    assert (fp32.backend, fp32.dtype, fp32.describe()) == ("torch", torch.float32, "torch cpu fp32, auto tiles")
+    auto = plan_run(RunSettings(model="default", device="cpu"), loaded)
+    assert auto.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert open_runner(plan_run(RunSettings(model="default", device="cpu", precision="bf16"), loaded), loaded).fallback
+    assert open_runner(fp32, loaded).fallback is None
+    bad_settings = ({"backend": "tensorrt"}, {"precision": "fp16"}, {"backend": "cuda-magic"}, {"cuda_graphs": True},
+                    {"tile": 32, "overlap": 16})
+    for bad in bad_settings:
         with pytest.raises(ValueError):
-            open_backend(loaded, RunSettings(model="default", device="cpu", **bad))  # type: ignore[arg-type]
+            plan_run(RunSettings(model="default", device="cpu", **bad), loaded)  # type: ignore[arg-type]
 
 
-def test_unusable_tiles_are_found() -> None:
+def test_untrustworthy_tiles_are_found() -> None:
     inputs = torch.rand(4, 3, 8, 8)
     outputs = torch.rand(4, 3, 32, 32)
     outputs[1, 0, 3, 3] = float("nan")
     outputs[2] = 0.0  # collapsed to black while the input is textured
     inputs[3] = 0.5
     outputs[3] = 0.5  # flat in, flat out: fine
-    assert unusable_tiles(inputs, outputs) == [1, 2]
+    assert _untrustworthy(inputs, outputs, reduced=True).nonzero().flatten().tolist() == [1, 2]
+    assert _untrustworthy(inputs, outputs, reduced=False).nonzero().flatten().tolist() == [1]
 
 
 class _OverflowsOnBrightTiles(nn.Module):
@@ -139,22 +143,29 @@ class _OverflowsOnBrightTiles(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.good(x)
-        bright = x.flatten(1).mean(dim=1) > 0.6
+        bright = x.flatten(1).float().mean(dim=1) > 0.6
         return torch.where(bright[:, None, None, None], torch.full_like(y, float("inf")), y)
 
 
-def test_bad_reduced_precision_tiles_are_recomputed_in_fp32(caplog: pytest.LogCaptureFixture) -> None:
-    good = nn.Upsample(scale_factor=4, mode="bicubic")
+def test_bad_reduced_precision_tiles_are_recomputed_by_a_real_fp32_model(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    good = get_architecture("compact").build(channels=8, blocks=1).eval()
     cpu = torch.device("cpu")
-    main = TorchBackend(_OverflowsOnBrightTiles(good), 4, cpu, torch.float32, 16, 4)
-    upscaler = TiledUpscaler(main, 4, fallback=TorchBackend(good, 4, cpu, torch.float32, 16, 4))
-    image = torch.rand(3, 40, 40) * 0.5
-    image[:, :16, :16] = 0.9  # one bright region
-    out = upscaler.upscale(image)
-    assert torch.isfinite(out).all()
-    reference = TiledUpscaler(TorchBackend(good, 4, cpu, torch.float32, 16, 4), 4).upscale(image)
-    torch.testing.assert_close(out, reference)
-    assert "recomputed in fp32" in caplog.text
+    built: list[TorchRunner] = []
+
+    def fp32() -> TorchRunner:
+        built.append(TorchRunner(good, cpu, torch.float32))
+        return built[-1]
+
+    runner = ModelRunner(TorchRunner(_OverflowsOnBrightTiles(good), cpu, torch.bfloat16), torch.bfloat16, fp32)
+    tiles = torch.rand(3, 3, 16, 16) * 0.5
+    tiles[1] = 0.9  # one bright tile
+    out = runner(tiles)
+    assert torch.isfinite(out).all() and "recomputed in fp32" in caplog.text
+    assert all(p.dtype == torch.float32 for p in built[0].forward.parameters())  # type: ignore[union-attr]
+    with torch.no_grad():
+        torch.testing.assert_close(out[1], good(tiles[1:2])[0])
+    assert all(p.dtype == torch.float32 for p in good.parameters())  # the loaded model was never converted
 
 
 class _MemoryLimited(nn.Module):
@@ -171,18 +182,11 @@ class _MemoryLimited(nn.Module):
 
 
 def test_out_of_memory_lowers_the_batch_and_retries(caplog: pytest.LogCaptureFixture) -> None:
-    backend = TorchBackend(_MemoryLimited(), 4, torch.device("cpu"), torch.float32, 8, 8)
+    runner = TorchRunner(_MemoryLimited(), torch.device("cpu"), torch.float32)
     tiles = torch.rand(8, 3, 8, 8)
-    out = backend.infer(tiles)
+    out = runner(tiles)
     torch.testing.assert_close(out, nn.functional.interpolate(tiles, scale_factor=4, mode="nearest"))
-    assert backend.chunk == 2 and "retrying with" in caplog.text
-
-
-def test_overlap_measure() -> None:
-    copies = [(0.0, 1.0), (2.0, 3.0)]
-    compute = [(0.5, 2.5)]
-    assert overlap_ms(copies, compute) == pytest.approx(1.0)
-    assert overlap_ms([(0.0, 1.0)], [(1.0, 2.0)]) == 0.0
+    assert runner.chunk == 2 and "retrying with" in caplog.text
 
 
 def _stubs_folder(tmp_path: Path) -> Path:
@@ -215,8 +219,59 @@ def _stubs_folder(tmp_path: Path) -> Path:
 def test_tensorrt_modules_pass_mypy_strict_against_the_stubs(tmp_path: Path) -> None:
     stubs = _stubs_folder(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", "upscaler/compile/trt/"],
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", "upscaler/compile/trt/", "upscaler/engine/tensorrt.py"],
         cwd=ROOT, capture_output=True, text=True, check=False, env={"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
+
+
+def test_batch_norm_folding_is_exact_and_leaves_the_loaded_model_alone() -> None:
+    from upscaler.engine.prepare import fold_batch_norm
+
+    torch.manual_seed(5)
+    module = get_architecture("srresnet").build(blocks=2, channels=16).eval()
+    for norm in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+    runner = TorchRunner(module, torch.device("cpu"), torch.float32)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.forward.modules())  # type: ignore[union-attr]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in module.modules()) == 5
+    x = torch.from_numpy(photo_array("chelsea.png")[:32, :32].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), module(x), atol=2e-5, rtol=1e-4)
+    assert fold_batch_norm(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1)))[0].__class__ is nn.BatchNorm2d
+
+
+def test_exported_graphs_flag_bad_tiles_before_quantising(tmp_path: Path) -> None:
+    """The engine sees only bytes; the graph's `bad` output tells it which tiles to recompute in fp32."""
+    shape = TileShape(batch=3, tile=16)
+    export_onnx(_OverflowsOnBrightTiles(nn.Upsample(scale_factor=4)), shape, "fp32", tmp_path / "m.onnx")
+    check_onnx(tmp_path / "m.onnx", shape, 4)
+    import onnxruntime
+
+    tiles = np.full(shape.input_shape(), 60, np.uint8)
+    tiles[1] = 250  # bright: overflows
+    tiles[2, ::2] = 200  # textured
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    pixels, bad = session.run(["sr", "bad"], {"lr": tiles})
+    assert bad.tolist() == [0, 1, 0] and pixels.shape == shape.output_shape(4)
+
+
+def test_deferred_checks_never_ask_the_host_and_report_per_frame() -> None:
+    """Streamed on CUDA the verdict stays on the device until the frame is collected."""
+    good = nn.Upsample(scale_factor=4)
+    runner = ModelRunner(TorchRunner(_OverflowsOnBrightTiles(good), torch.device("cpu"), torch.float32), torch.float32,
+                         None, deferred=True)
+    calm = torch.rand(2, 3, 8, 8) * 0.5
+    assert runner.take_verdict() is None
+    runner(calm)
+    assert runner.take_verdict().item() is False  # type: ignore[union-attr]
+    bright = calm.clone()
+    bright[1] = 0.9
+    runner(calm)
+    out = runner(bright)  # no exception: the caller decides after the frame
+    assert not torch.isfinite(out).all() and runner.take_verdict().item() is True  # type: ignore[union-attr]
+    with pytest.raises(FrameError):
+        runner.checked()(bright)

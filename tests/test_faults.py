@@ -220,12 +220,26 @@ def test_3_a_percent_d_name_is_read_as_itself(tmp_path: Path, tiny_model: Path) 
 # -- 4. a model with NaN weights -------------------------------------------------------------
 
 
-def test_4_nan_weights_fail_every_file_and_write_nothing(photos: Path, tmp_path: Path) -> None:
-    model = save_random_model(tmp_path / "nan.safetensors", channels=8, blocks=1)
+def _model_filled_with(value: float, path: Path) -> Path:
+    model = save_random_model(path, channels=8, blocks=1)
     with safe_open(str(model), framework="pt") as handle:
         metadata = handle.metadata()
-        tensors = {key: torch.full_like(handle.get_tensor(key), float("nan")) for key in handle.keys()}  # noqa: SIM118
+        tensors = {key: torch.full_like(handle.get_tensor(key), value) for key in handle.keys()}  # noqa: SIM118
     save_file(tensors, str(model), metadata=metadata)
+    return model
+
+
+def test_4_nan_weights_are_refused_before_any_image(photos: Path, tmp_path: Path) -> None:
+    model = _model_filled_with(float("nan"), tmp_path / "nan.safetensors")
+    out = tmp_path / "out"
+    run = upscale("dir", photos, "-o", out, "--model", model, *FAST)
+    assert run.code == 2
+    assert len(run.errors) == 1 and str(model) in run.errors[0] and "NaN" in run.errors[0]
+    assert not out.exists() or decoded_sizes(out) == {}
+
+
+def test_4_a_model_whose_output_overflows_fails_every_file_and_writes_nothing(photos: Path, tmp_path: Path) -> None:
+    model = _model_filled_with(1e30, tmp_path / "huge.safetensors")  # finite weights, infinite activations
     out = tmp_path / "out"
     run = upscale("dir", photos, "-o", out, "--model", model, *FAST)
     assert run.code == 1

@@ -51,7 +51,7 @@ def test_bounded_lookahead_and_overlapped_reads(tmp_path: Path, monkeypatch: pyt
     outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 24), slow_upscale, lookahead=3))
     assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(24)]  # in order
     assert all(o.ok for o in outcomes)
-    assert state["max_ahead"] <= 3 + 1
+    assert state["max_ahead"] <= 3
     # Decoding ran ahead of the model: later files were read before earlier ones finished.
     first_upscaled = events.index("upscaled")
     assert sum(e.startswith("read") for e in events[:first_upscaled]) >= 2
@@ -71,3 +71,44 @@ def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
     assert [o.ok for o in outcomes] == [True, False, True, True]
     assert "illegal memory access" in (outcomes[1].error or "")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "002.png", "003.png"]
+
+
+def test_lookahead_is_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for two decoded pictures, no more than two are ever held, whatever the count limit."""
+    held: list[int] = []
+    live = 0
+    lock = threading.Lock()
+    real_read = pipeline.read_picture
+
+    def tracked_read(path: Path) -> Picture:
+        nonlocal live
+        picture = real_read(path)
+        with lock:
+            live += 1
+            held.append(live)
+        return picture
+
+    def upscale(picture: Picture) -> Picture:
+        nonlocal live
+        with lock:
+            live -= 1
+        return picture
+
+    monkeypatch.setattr(pipeline, "read_picture", tracked_read)
+    size = real_read(EXAMPLES / "chelsea.png").color.nbytes
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 12), upscale, lookahead=8, max_bytes=2 * size))
+    assert all(o.ok for o in outcomes) and len(outcomes) == 12
+    assert max(held) <= 2
+
+
+def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, 6)
+    runner = pipeline.JobRunner(jobs, lambda picture: picture, lookahead=3)
+    seen = []
+    for outcome in runner:
+        seen.append(outcome)
+        if len(seen) == 1:
+            break  # as Ctrl-C would, while later writes are in flight
+    seen += runner.drain()
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [o.job.target.name for o in seen if o.ok] == written and len(written) >= 1

@@ -14,10 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from upscaler.cli import app
+from upscaler.cli.train import parse_params
+from upscaler.models import get_architecture
+from upscaler.models.weights import load_model
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.train.data import PatchSampler, degrade
+from upscaler.train.distributed import World
 from upscaler.train.trainer import TrainConfig, Trainer, lr_factor
-from upscaler.models.weights import load_model
 
 from .conftest import EXAMPLES, dataset
 
@@ -134,3 +137,19 @@ def test_train_then_upscale_end_to_end(runner: CliRunner, tmp_path: Path) -> Non
     resumed = runner.invoke(app, [*args[:-1], "cpu", "--resume", "--steps", "30"])
     assert resumed.exit_code == 0, resumed.output
     assert load_model(str(run / "last.safetensors")).card.recipe["steps"] == 30
+
+
+def test_edsr_large_recipe_stays_selectable() -> None:
+    """Lim et al.'s 32x256 EDSR: L1, no batch norm, residual scaling 0.1, all through --param."""
+    params = parse_params(["channels=256", "blocks=32", "res_scale=0.1"])
+    config = TrainConfig(data=str(EXAMPLES), arch="edsr", arch_params=params).with_recipe_defaults()
+    assert (config.loss, config.lr, config.schedule) == ("l1", 1e-4, "step")
+    assert "--arch edsr --loss l1" in config.command_line(Path("run"), World())
+    assert "--param channels=256 --param blocks=32 --param res_scale=0.1" in config.command_line(Path("run"), World())
+    with torch.device("meta"):  # the shapes are what matter here, not 43M numbers
+        model = get_architecture("edsr").build(scale=4, **params)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert {m.res_scale for m in model.modules() if hasattr(m, "res_scale")} == {0.1}
+    conv = 256 * 256 * 9 + 256
+    expected = (3 * 256 * 9 + 256) + 32 * 2 * conv + conv + 2 * (256 * 1024 * 9 + 1024) + (256 * 3 * 9 + 3)
+    assert sum(p.numel() for p in model.parameters()) == expected  # 43.1M, the paper's "43M"

@@ -45,10 +45,29 @@ def test_foreign_safetensors_named_clearly(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="not an upscaler weights file"):
+    with pytest.raises(ValueError, match=r"other.safetensors: not a known generator: its keys \(w\) match none of .*rrdbnet"):
         load_model(str(tmp_path / "other.safetensors"))
 
 
 def test_missing_model_names_the_builtins(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file and no built-in model"):
         resolve_model_path(str(tmp_path / "absent.safetensors"))
+
+
+def test_a_model_made_in_memory_measures_its_descriptor() -> None:
+    """The trainer wraps its live module without a file; the descriptor then comes from the module itself."""
+    from upscaler.models.weights import LoadedModel
+
+    module = get_architecture("srresnet").build(channels=8, blocks=1)
+    loaded = LoadedModel(ModelCard("srresnet", {"channels": 8, "blocks": 1}, 4), module, "training")
+    d = loaded.descriptor
+    assert (d.arch, d.scale, d.size_multiple, d.runtime) == ("srresnet", 4, 1, "torch")
+    assert d.parameters == sum(p.numel() for p in module.parameters()) and d.macs_per_input_pixel > 0
+    assert module.training  # measuring it changed nothing
+
+
+def test_builtin_default_keeps_loading_with_its_scores() -> None:
+    loaded = load_model("default")
+    assert loaded.card.scores["Set5"]["psnr"] == 31.502 and loaded.card.scores["Set14"]["psnr"] == 28.034
+    assert loaded.descriptor.arch == "compact" and loaded.descriptor.parameters == 292_320
+    assert loaded.digest == loaded.descriptor.sha256 and len(loaded.digest) == 64

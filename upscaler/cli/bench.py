@@ -31,14 +31,13 @@ def bench(
     """
     from upscaler.engine.bench import frame_from_photo, run_bench
     from upscaler.engine.engine import open_engine
-    from upscaler.models import macs_per_input_pixel
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
         engine = open_engine(settings)
         frame = frame_from_photo(_probe_pixels(), width, height)
-        result = run_bench(engine, frame, frames, warmup, macs_per_input_pixel(engine.model.module))
-    except ValueError as exc:
+        result = run_bench(engine, frame, frames, warmup, engine.model.descriptor.macs_per_input_pixel)
+    except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     grid = engine.plan.tiles.for_frames().grid(height, width)
     report = {

@@ -26,7 +26,7 @@ def compile_engine(
     tile: Annotated[int, typer.Option(help="The one static tile shape the engine is built for (input pixels).")] = STATIC_PHOTO_TILE,
     overlap: Annotated[int, typer.Option(help="Overlap this engine will be run with; checked against the tile.")] = DEFAULT_OVERLAP,
     batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
-    precision: Annotated[str, typer.Option(help="fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed).")] = "fp16",
+    precision: Annotated[str, typer.Option(help="auto, fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed); auto is fp16, or an ONNX model's own.")] = "auto",
     layout: Annotated[str, typer.Option(help="uint8 I/O layout: nhwc or nchw.")] = "nhwc",
     out: Annotated[Path, typer.Option("--out", "-o", help="Engine cache folder.")] = DEFAULT_CACHE,
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 4096,
@@ -37,7 +37,8 @@ def compile_engine(
     """Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape.
 
     The ONNX graph (uint8 in and out, precision inside) is exported, checked and kept beside the
-    engine. Without TensorRT the ONNX file is still made and checked; the exit code is then 3.
+    engine; an .onnx model is wrapped into that contract as it is. Without TensorRT the ONNX file
+    is still made and checked; the exit code is then 3.
     """
     from upscaler.compile.compiler import CompileRequest, compile_model
     from upscaler.compile.onnx import TileShape
@@ -51,8 +52,8 @@ def compile_engine(
         _print_cache(EngineCache(out))
         return
     try:
-        if precision not in ("fp16", "fp32") or layout not in ("nhwc", "nchw"):
-            raise ValueError("--precision must be fp16 or fp32 and --layout nhwc or nchw")
+        if precision not in ("auto", "fp16", "fp32") or layout not in ("nhwc", "nchw"):
+            raise ValueError("--precision must be auto, fp16 or fp32 and --layout nhwc or nchw")
         check_overlap(tile, overlap)
         loaded = load_model(model)
         request = CompileRequest(TileShape(batch, tile, layout), precision, out, workspace, opt_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from upscaler.cli.app import app, console, fail
+from upscaler.cli.app import EXIT_FAILED, app, console, fail
 from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.engine.engine import open_engine
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
@@ -33,8 +34,12 @@ def evaluate(
 
     `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
     """
-    from upscaler.quality.evaluate import bicubic_upscaler, picture_upscaler, score_dataset
+    from upscaler.quality.evaluate import bicubic_upscaler, picture_upscaler, record_scores, score_dataset
 
+    if record is not None:
+        if model == "bicubic":
+            raise fail("--record needs a model file, not bicubic")
+        check_writable(record)
     try:
         if model == "bicubic":
             scale, upscale = 4, bicubic_upscaler(4)
@@ -47,12 +52,10 @@ def evaluate(
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     if record is not None:
-        if model == "bicubic":
-            raise fail("--record needs a model file, not bicubic")
-        from upscaler.models.weights import save_model
-
-        loaded.card.scores.update({r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
-        save_model(loaded.module.float().cpu(), loaded.card, record)
+        try:
+            record_scores(Path(loaded.source), record, {r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
+        except OSError as exc:
+            raise fail(f"{record}: cannot write ({exc.strerror or exc})", EXIT_FAILED) from None
         console.print(f"scores recorded in {record}", highlight=False)
     if as_json:
         payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}
@@ -66,3 +69,14 @@ def evaluate(
             table.add_row(result.name, image.name, f"{image.psnr:.2f}", f"{image.ssim:.4f}")
         table.add_row(f"[bold]{result.name}[/]", "[bold]mean[/]", f"[bold]{result.psnr:.2f}[/]", f"[bold]{result.ssim:.4f}[/]")
     Console().print(table)
+
+
+def check_writable(target: Path) -> None:
+    """Find an unwritable --record folder before minutes of scoring, by writing there (root ignores modes)."""
+    folder = target.parent
+    if target.is_dir():
+        raise fail(f"--record {target}: is a folder; name the weights file to write")
+    try:
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".upscale-probe-").close()
+    except OSError as exc:
+        raise fail(f"--record {target}: cannot write in {folder} ({exc.strerror or exc})") from None

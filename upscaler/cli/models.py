@@ -1,36 +1,52 @@
-"""`upscale models`: what is installed, with its measured scores."""
+"""`upscale models` (what is installed, with descriptors and scores) and `upscale import` (bring your own)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from upscaler.cli.app import app
+from upscaler.cli.app import app, console, fail
+
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option("--models-dir", help="User model folder [default: $UPSCALER_MODELS, else the platform's data folder].", show_default=False),
+]
 
 
 @app.command("models")
-def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """List the built-in models: scale, parameters, MACs per input pixel and recorded scores."""
-    from upscaler.models import count_parameters, macs_per_input_pixel
-    from upscaler.models.weights import builtin_models, load_model
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    models_dir: ModelsDirOption = None,
+) -> None:
+    """List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."""
+    from upscaler.models.weights import builtin_models, load_model, user_models, user_models_dir
 
+    found = [("built-in", name, path) for name, path in sorted(builtin_models().items())]
+    found += [("imported", name, path) for name, path in user_models(models_dir or user_models_dir()).items()]
     rows: list[dict[str, Any]] = []
-    for name, path in sorted(builtin_models().items()):
-        loaded = load_model(str(path))
+    for kind, name, path in found:
+        try:
+            loaded = load_model(str(path))
+        except ValueError as exc:
+            console.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
+        d = loaded.descriptor
         rows.append({
-            "name": name, "arch": loaded.card.arch, "arch_params": loaded.card.arch_params,
-            "scale": loaded.card.scale, "parameters": count_parameters(loaded.module),
-            "macs_per_input_pixel": round(macs_per_input_pixel(loaded.module)),
+            "name": name, "kind": kind, "arch": loaded.card.arch, "arch_params": loaded.card.arch_params,
+            "scale": d.scale, "parameters": d.parameters, "macs_per_input_pixel": round(d.macs_per_input_pixel),
             "scores": loaded.card.scores, "recipe": loaded.card.recipe, "path": str(path),
+            "provenance": loaded.card.provenance, "descriptor": d.to_json(),
         })
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="built-in models")
+    table = Table(title=f"models: built-in, then imported from {models_dir or user_models_dir()}")
     for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM"):
         table.add_column(column)
     for row in rows:
@@ -38,3 +54,29 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
         cells = [f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-" for s in scores]
         table.add_row(row["name"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
     Console().print(table)
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="A .pth/.pt/.ckpt, .safetensors or .onnx generator.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name for --model [default: the file's stem].")] = None,
+    models_dir: ModelsDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
+) -> None:
+    """Check a foreign model and keep it in the user model folder, so `--model NAME` finds it.
+
+    Torch checkpoints become this project's .safetensors (no pickle is ever read again), with
+    the detected architecture, descriptor and provenance (file name, sha256, licence hint) in
+    the metadata; ONNX graphs stay ONNX with the provenance in their metadata. Nothing is downloaded.
+    """
+    from upscaler.models.library import import_model
+    from upscaler.models.weights import user_models_dir
+
+    if not file.is_file():
+        raise fail(f"{file}: no such file")
+    try:
+        target, provenance = import_model(file, models_dir or user_models_dir(), name, force)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"imported {file} as {target.stem!r}: {target}", highlight=False, soft_wrap=True)
+    console.print(f"architecture {provenance['detected']} {provenance['arch_params']}; licence: {provenance['licence']}", highlight=False, soft_wrap=True)

@@ -7,14 +7,23 @@ needs the `tensorrt` extra on an NVIDIA machine, and its absence is reported, ne
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from upscaler.compile.onnx import ByteIO, TileShape, check_onnx, export_onnx, run_onnxruntime
+from upscaler.compile.onnx import (
+    ByteIO,
+    TileShape,
+    check_onnx,
+    export_onnx,
+    graph_precision,
+    run_onnxruntime,
+    wrap_foreign_onnx,
+)
 from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.models.onnx_model import OnnxModule
 from upscaler.models.weights import LoadedModel
 from upscaler.quality.metrics import psnr
 
@@ -33,7 +42,7 @@ def tensorrt_available() -> bool:
 @dataclass(frozen=True)
 class CompileRequest:
     shape: TileShape
-    precision: str  # fp16 or fp32
+    precision: str  # fp16 or fp32; an ONNX model's is its graph's own (see `model_precision`)
     cache_dir: Path = DEFAULT_CACHE
     workspace_mib: int = 4096
     optimization_level: int = 3
@@ -62,16 +71,29 @@ def engine_key(loaded: LoadedModel, request: CompileRequest, tensorrt_version: s
     )
 
 
+def model_precision(loaded: LoadedModel, requested: str) -> str:
+    """`requested` (fp16, fp32, or auto = fp16) for torch models; an ONNX model's own precision, checked."""
+    if not isinstance(loaded.module, OnnxModule):
+        return "fp16" if requested == "auto" else requested
+    own = graph_precision(loaded.module.io)
+    if requested not in ("auto", own):
+        raise ValueError(f"{loaded.source}: an ONNX model is compiled at its graph's own precision ({own}); use --precision {own}")
+    return own
+
+
 def export_checked(loaded: LoadedModel, request: CompileRequest, path: Path, photo: np.ndarray) -> float | None:
-    """Export, validate the graph's declared I/O, and measure its parity with torch fp32 on a photo."""
-    export_onnx(loaded.module, request.shape, request.precision, path)
-    check_onnx(path, request.shape, loaded.card.scale)
+    """Export (or wrap a foreign ONNX graph), validate the declared I/O, and measure parity with the fp32 model."""
+    if isinstance(loaded.module, OnnxModule):
+        wrap_foreign_onnx(loaded.module.data, loaded.module.io, request.shape, loaded.descriptor.scale, path)
+    else:
+        export_onnx(loaded.module, request.shape, request.precision, path)
+    check_onnx(path, request.shape, loaded.descriptor.scale)
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     probe = probe_batch(request.shape, photo)
     reference = ByteIO(loaded.module, torch.float32, request.shape.layout).eval()
     with torch.no_grad():
-        expected = reference(torch.from_numpy(probe)).numpy()
+        expected = torch.as_tensor(reference(torch.from_numpy(probe))).numpy()
     return psnr(run_onnxruntime(path, probe), expected)
 
 
@@ -85,6 +107,7 @@ def probe_batch(shape: TileShape, photo: np.ndarray) -> np.ndarray:
 
 
 def compile_model(loaded: LoadedModel, request: CompileRequest, device: torch.device, photo: np.ndarray) -> CompileResult:
+    request = replace(request, precision=model_precision(loaded, request.precision))
     cache = EngineCache(request.cache_dir)
     if not tensorrt_available():
         key = engine_key(loaded, request, "none", device)

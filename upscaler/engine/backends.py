@@ -7,6 +7,7 @@ converted in place, so the fp32 fallback really is fp32 and `eval --record` save
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from torch import nn
 from upscaler.engine.devices import channels_last
 from upscaler.engine.frames import ModelRunner, Runner
 from upscaler.engine.plan import RunPlan
+from upscaler.engine.prepare import fold_batch_norm
 from upscaler.models.weights import LoadedModel
 
 log = logging.getLogger("upscaler")
@@ -30,7 +32,8 @@ class TorchRunner:
     def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
                  cuda_graphs: bool = False, compiled: bool = False) -> None:
         self.device, self.dtype = device, dtype
-        private = channels_last(copy.deepcopy(module).eval().to(device=device, dtype=dtype))
+        folded = fold_batch_norm(copy.deepcopy(module).eval())
+        private = channels_last(folded.to(device=device, dtype=dtype))
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(private) if compiled else private
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
@@ -83,7 +86,8 @@ def open_runner(plan: RunPlan, model: LoadedModel) -> ModelRunner:
     else:
         run = TorchRunner(model.module, plan.device, plan.dtype, plan.cuda_graphs, plan.compile)
 
-    def fp32() -> Runner:
+    @functools.cache
+    def fp32() -> Runner:  # one fp32 copy, however many runners fall back to it
         return TorchRunner(model.module, plan.device, torch.float32)
 
     return ModelRunner(run, plan.dtype, fp32 if plan.dtype != torch.float32 else None)

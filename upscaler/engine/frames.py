@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from upscaler.engine.tiling import TileGrid, window
+from upscaler.engine.tiling import TileGrid, device_axis_weights
 
 log = logging.getLogger("upscaler")
 
@@ -35,18 +35,38 @@ def max_value(dtype: torch.dtype) -> int:
 
 @dataclass
 class ModelRunner:
-    """The model in its planned precision, with an fp32 model for tiles reduced precision got wrong."""
+    """The model in its planned precision, with an fp32 model for tiles reduced precision got wrong.
+
+    With `deferred` (frames streamed on CUDA) nothing waits for the GPU: the check's verdict is
+    collected on the device (`take_verdict`) and the caller redoes the rare frame that failed it,
+    since asking the host whether a tile is bad would stall the stream after every batch.
+    """
 
     run: Runner
     dtype: torch.dtype
     fallback: Callable[[], Runner] | None  # builds the fp32 runner on first use
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         self._fp32: Runner | None = None
+        self._verdicts: list[torch.Tensor] = []
+
+    def checked(self) -> ModelRunner:
+        """The same model and fallback, checking every batch as it comes."""
+        return ModelRunner(self.run, self.dtype, self.fallback)
+
+    def take_verdict(self) -> torch.Tensor | None:
+        """A device bool: did any batch since the last call fail its check? (deferred mode)"""
+        verdicts, self._verdicts = self._verdicts, []
+        return torch.stack(verdicts).any() if verdicts else None
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        out = self.run(tiles.to(self.dtype))
+        """float32 tiles in [0,1] -> float32 outputs, every one of them finite (unless deferred)."""
+        out = self.run(tiles.to(self.dtype)).float()
         bad = _untrustworthy(tiles, out, reduced=self.dtype != torch.float32)
+        if self.deferred:
+            self._verdicts.append(bad.any())
+            return out
         if not bool(bad.any()):
             return out
         if self.fallback is None:
@@ -57,7 +77,6 @@ class ModelRunner:
         redo = self._fp32(tiles[bad].float())
         if not bool(torch.isfinite(redo).all()):
             raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
-        out = out.float()
         out[bad] = redo
         return out
 
@@ -67,11 +86,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> torch.Tensor:
-    """Per tile: non-finite output, or (reduced precision only) flat output where the input is not."""
-    bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+    """Per tile: non-finite output, or (reduced precision only) flat output where the input is not.
+
+    One reduction finds NaN and infinity (they survive a sum); flatness is judged on every 8th
+    pixel, since a collapsed tile is flat everywhere. Both stay a small share of the model's time.
+    """
+    bad = ~torch.isfinite(out.sum(dim=(1, 2, 3)))
     if reduced:
-        low, high = torch.aminmax(out.flatten(1), dim=1)
-        in_low, in_high = torch.aminmax(tiles.flatten(1), dim=1)
+        low, high = torch.aminmax(out[:, :, ::8, ::8].flatten(1), dim=1)
+        in_low, in_high = torch.aminmax(tiles[:, :, ::2, ::2].flatten(1), dim=1)
         bad |= ((high - low).float() < 1 / 255) & ((in_high - in_low).float() > 4 / 255)
     return bad
 
@@ -92,7 +115,9 @@ class FrameUpscaler:
         self.runner, self.scale, self.out_scale = runner, scale, out_scale
         self.batch, self.static_batch, self.plan_grid = batch, static_batch, plan_grid
 
-    def __call__(self, frame: Frame) -> Frame:
+    @torch.inference_mode()
+    def __call__(self, frame: Frame, rgbx: bool = False) -> Frame:
+        """Upscale one frame; with `rgbx`, 8-bit RGB comes back as a view of an RGBX buffer (see io/images)."""
         color, alpha = frame.color, frame.alpha
         height, width = color.shape[:2]
         grid = self.plan_grid(height, width)
@@ -105,7 +130,10 @@ class FrameUpscaler:
         channels = 3 + (3 if alpha is not None else 0)
         out_planes = (1 if gray else 3) + (1 if alpha is not None else 0)
         s = self.scale
-        result = torch.empty(height * s, width * s, out_planes, dtype=color.dtype, device=color.device)
+        padded = rgbx and out_planes == 3 and color.dtype == torch.uint8 and self.out_scale == s
+        result = torch.empty(height * s, width * s, 4 if padded else out_planes, dtype=color.dtype, device=color.device)
+        if padded:
+            result = result[..., :3]
 
         def tiles_of(origins: list[tuple[int, int]]) -> torch.Tensor:
             cut = torch.stack([source[:, y : y + grid.tile_h, x : x + grid.tile_w] for y, x in origins]).float() / top
@@ -133,9 +161,11 @@ class FrameUpscaler:
             for first, outputs in self._outputs(tiles_of, [(y, x) for x in grid.xs], channels):
                 if band is None:
                     band = torch.zeros(channels, grid.tile_h * s, grid.width * s, device=outputs.device)
+                wy = device_axis_weights(grid.ys, grid.tile_h, s, band.device)[r][:, None]
+                wxs = device_axis_weights(grid.xs, grid.tile_w, s, band.device)
                 for c, tile in enumerate(outputs, start=first):
                     x = grid.xs[c]
-                    band[:, :, x * s : (x + grid.tile_w) * s].addcmul_(tile, window(grid, s, r, c, band.device))
+                    band[:, :, x * s : (x + grid.tile_w) * s].addcmul_(tile.mul_(wy), wxs[c])
             assert band is not None
             done = (grid.ys[r + 1] - y) * s if r + 1 < len(grid.ys) else band.shape[1]
             yield y * s, band[:, :done]
@@ -156,13 +186,16 @@ class FrameUpscaler:
                 count = part.shape[0]
                 if self.static_batch and count < self.batch:
                     part = torch.cat([part, part[-1:].expand(self.batch - count, *part.shape[1:])])
-                outs.append(self.runner(part)[:count].float())
+                outs.append(self.runner(part)[:count])
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
             yield start, out.reshape(len(chunk), channels, *out.shape[2:])
 
     def _finish(self, rows: torch.Tensor, gray: bool, has_alpha: bool, top: int, result: torch.Tensor,
                 first_row: int, height: int) -> None:
-        """Normalised float rows -> the output integers (luma for gray, un-premultiplied colour)."""
+        """Normalised float rows -> the output integers (luma for gray, un-premultiplied colour).
+
+        `rows` are scratch (finished rows of the band, or the whole-image output) and are overwritten.
+        """
         count = min(rows.shape[1], height - first_row)
         if count <= 0:
             return
@@ -175,8 +208,8 @@ class FrameUpscaler:
             luma = torch.tensor(_LUMA, device=rows.device, dtype=rows.dtype)
             color = torch.tensordot(luma, color, dims=1)[None]
         planes = torch.cat([color, alpha]) if has_alpha else color
-        quantised = (planes.clamp(0, 1) * top).round_().to(result.dtype)
-        result[first_row : first_row + count] = quantised.permute(1, 2, 0)
+        planes.clamp_(0, 1).mul_(top).round_()
+        result[first_row : first_row + count].copy_(planes.permute(1, 2, 0))
 
 
 def _model_inputs(cut: torch.Tensor, gray: bool, has_alpha: bool) -> torch.Tensor:

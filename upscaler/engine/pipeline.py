@@ -66,16 +66,24 @@ class JobRunner:
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write")
         self.reads: deque[tuple[Job, Future[Picture]]] = deque()
         self.writes: deque[tuple[Outcome, Future[None], int]] = deque()
+        self.largest = 0  # bytes of the largest decoded picture so far
 
     def _held_bytes(self) -> int:
-        read = sum(_nbytes(f.result()) for _, f in self.reads if f.done() and f.exception() is None)
-        return read + sum(size for _, _, size in self.writes)
+        """Decoded pixels held or being decoded (a read under way counts as the largest picture so far)."""
+        held = 0
+        for _, future in self.reads:
+            if future.done() and future.exception() is None:
+                self.largest = max(self.largest, _nbytes(future.result()))
+                held += _nbytes(future.result())
+            elif not future.done():
+                held += self.largest or self.max_bytes  # size unknown before the first picture: one at a time
+        return held + sum(size for _, _, size in self.writes)
 
     def __iter__(self) -> Iterator[Outcome]:
         pending = iter(self.jobs)
         try:
             while True:
-                while len(self.reads) < self.lookahead and self._held_bytes() < self.max_bytes:
+                while len(self.reads) < self.lookahead and (not self.reads or self._held_bytes() + self.largest <= self.max_bytes):
                     job = next(pending, None)
                     if job is None:
                         break

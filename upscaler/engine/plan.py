@@ -20,7 +20,7 @@ from upscaler.engine.settings import BACKENDS, RunSettings
 from upscaler.engine.tiling import TileGrid, check_overlap, even_grid, fixed_grid
 from upscaler.models.weights import LoadedModel
 
-CPU_BUDGET_CAP = 1 << 30  # a tile's working set on the CPU: enough for whole 1080p frames with small models
+CPU_BUDGET_CAP = 512 << 20  # a tile's working set on the CPU: whole 960x540 frames with the default model
 STATIC_PHOTO_TILE = 512  # static engines over photos of many sizes: one square shape serves them all
 _PROBE = 32
 
@@ -79,8 +79,13 @@ def plan_run(settings: RunSettings, model: LoadedModel) -> RunPlan:
     """Resolve `settings` for `model` on this machine; raises ValueError with a one-line reason."""
     if settings.backend not in BACKENDS:
         raise ValueError(f"--backend {settings.backend!r}: use auto, tensorrt or torch")
-    device = resolve_device(settings.device)
-    dtype = resolve_precision(settings.precision, device)
+    model_facts = model.descriptor
+    onnx = model_facts.runtime == "onnxruntime"
+    if onnx and settings.device != "auto" and resolve_device(settings.device).type != "cpu":
+        raise ValueError(f"{model.source}: ONNX models run on onnxruntime on the CPU here; "
+                         "`upscale compile --model` builds a TensorRT engine from them for the GPU")
+    device = resolve_device("cpu" if onnx else settings.device)
+    dtype = _precision(settings.precision, device, model_facts.supports_fp16, model_facts.supports_bf16, model.source)
     if device.type == "cpu":
         if settings.backend == "tensorrt":
             raise ValueError("--backend tensorrt needs a CUDA device")
@@ -110,12 +115,24 @@ def plan_run(settings: RunSettings, model: LoadedModel) -> RunPlan:
         max_band_pixels=max(budget // 2 // (model.card.scale**2 * 6 * 4), 64 * 64),
         static_shape=static,
         reshapeable=backend != "tensorrt",
+        multiple=model_facts.size_multiple,
     )
     return RunPlan(
         device=device, dtype=dtype, backend=backend, tiles=tiles, batch=settings.batch, streams=settings.streams,
         cuda_graphs=settings.cuda_graphs, compile=settings.compile, scale=model.card.scale,
         out_scale=settings.scale or model.card.scale, engines=settings.engines,
     )
+
+
+def _precision(spec: str, device: torch.device, fp16: bool, bf16: bool, source: str) -> torch.dtype:
+    """The requested precision, or for auto the fastest one this model supports on this device."""
+    dtype = resolve_precision(spec, device)
+    supported = {torch.float32: True, torch.float16: fp16, torch.bfloat16: bf16}[dtype]
+    if supported:
+        return dtype
+    if spec == "auto":
+        return torch.float32
+    raise ValueError(f"{source}: this model does not support --precision {spec} (its outputs overflow or it runs in fp32 only)")
 
 
 def _default_budget(device: torch.device) -> int:
@@ -142,8 +159,8 @@ def _activation_elements_cached(key: int, module: nn.Module) -> int:
             widest = max(widest, output.numel())
 
     handles = [m.register_forward_hook(record) for m in module.modules() if m is not module]
+    param = next(module.parameters(), torch.zeros(()))
     try:
-        param = next(module.parameters())
         with torch.inference_mode():
             module(torch.zeros(1, 3, _PROBE, _PROBE, dtype=param.dtype, device=param.device))
     finally:

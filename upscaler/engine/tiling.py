@@ -11,8 +11,9 @@ planners make grids:
 Overlaps are blended with separable windows: along each axis a tile's weight ramps linearly
 across the overlap with each neighbour, giving the outer quarter of the overlap (pixels the
 network saw near a zero-padded edge) no weight, and the weights of all tiles are normalised to
-sum to exactly one at every pixel. The 2-D window is the product of the two axes' weights, so
-it sums to one too and the blended image needs no separate normalisation pass.
+sum to exactly one at every pixel. A tile's window is the product of its two axes' weights, so
+it sums to one too and the blended image needs no separate normalisation pass. Only the 1-D
+weights are kept: a stored 2-D window per tile would grow with the image.
 """
 
 from __future__ import annotations
@@ -24,21 +25,25 @@ from functools import lru_cache
 import torch
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Fixed-step origins along one axis of `length >= tile` pixels, the last shifted inward."""
+def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, ...]:
+    """Fixed-step origins along one axis of `length >= tile` pixels, the last shifted inward.
+
+    With `multiple` (models with pixel-unshuffle inputs), `length` and `tile` are multiples of
+    it and so is every origin: the step shrinks to the multiple below `tile - overlap`.
+    """
     if length <= tile:
         return (0,)
-    step = tile - overlap
+    step = max((tile - overlap) // multiple * multiple, multiple)
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return tuple(starts)
 
 
-def even_starts(length: int, tile: int, count: int) -> tuple[int, ...]:
-    """`count` origins spread evenly so that tiles of `tile` pixels cover `length` exactly."""
+def even_starts(length: int, tile: int, count: int, multiple: int = 1) -> tuple[int, ...]:
+    """`count` origins spread evenly (on multiples of `multiple`) so tiles of `tile` pixels cover `length`."""
     if count == 1:
         return (0,)
-    return tuple(round(i * (length - tile) / (count - 1)) for i in range(count))
+    return tuple(round(i * (length - tile) / (count - 1) / multiple) * multiple for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ def fixed_grid(height: int, width: int, tile: int, overlap: int, fit: bool, mult
     tile_h = min(tile, _round_up(height, multiple)) if fit else tile
     tile_w = min(tile, _round_up(width, multiple)) if fit else tile
     full_h, full_w = max(_round_up(height, multiple), tile_h), max(_round_up(width, multiple), tile_w)
-    return TileGrid(full_h, full_w, tile_h, tile_w, axis_starts(full_h, tile_h, overlap), axis_starts(full_w, tile_w, overlap), overlap)
+    return TileGrid(full_h, full_w, tile_h, tile_w, axis_starts(full_h, tile_h, overlap, multiple),
+                    axis_starts(full_w, tile_w, overlap, multiple), overlap)
 
 
 def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multiple: int = 1,
@@ -110,7 +116,8 @@ def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multi
         raise ValueError(f"a {width}x{height} image cannot be split into tiles of at most {max_tile_pixels} pixels "
                          f"with overlap {overlap}; raise --memory-budget or lower --overlap")
     _, rows, cols, tile_h, tile_w = best
-    return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows), even_starts(full_w, tile_w, cols), overlap)
+    return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows, multiple),
+                    even_starts(full_w, tile_w, cols, multiple), overlap)
 
 
 def check_overlap(tile: int, overlap: int) -> None:
@@ -149,24 +156,14 @@ def axis_weights(starts: tuple[int, ...], tile: int, scale: int) -> tuple[torch.
     return tuple((w / total[s * scale : s * scale + tile * scale]).float() for s, w in zip(starts, raw))
 
 
-@lru_cache(maxsize=64)
-def _window_cpu(starts_y: tuple[int, ...], starts_x: tuple[int, ...], tile_h: int, tile_w: int, scale: int,
-                row: int, col: int) -> torch.Tensor:
-    wy = axis_weights(starts_y, tile_h, scale)[row]
-    wx = axis_weights(starts_x, tile_w, scale)[col]
-    return wy[:, None] * wx[None, :]
+_device_weights: dict[tuple[object, ...], tuple[torch.Tensor, ...]] = {}
 
 
-_device_windows: dict[tuple[object, ...], torch.Tensor] = {}
-
-
-def window(grid: TileGrid, scale: int, row: int, col: int, device: torch.device) -> torch.Tensor:
-    """The 2-D blend window (tile_h*scale x tile_w*scale) of one tile, cached on `device`."""
-    key = (grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col, str(device))
-    cached = _device_windows.get(key)
-    if cached is None:
-        if len(_device_windows) > 256:
-            _device_windows.clear()
-        cached = _window_cpu(grid.ys, grid.xs, grid.tile_h, grid.tile_w, scale, row, col).to(device)
-        _device_windows[key] = cached
-    return cached
+def device_axis_weights(starts: tuple[int, ...], tile: int, scale: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`axis_weights` on `device`, cached (1-D, so a handful of kilobytes per grid)."""
+    key = (starts, tile, scale, str(device))
+    if key not in _device_weights:
+        if len(_device_weights) > 64:
+            _device_weights.clear()
+        _device_weights[key] = tuple(w.to(device) for w in axis_weights(starts, tile, scale))
+    return _device_weights[key]

@@ -10,10 +10,8 @@ to 8 bits, goes through the ffmpeg binary that imageio-ffmpeg ships.
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import warnings
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +19,8 @@ from typing import BinaryIO
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from upscaler.io.png import write_png
 
 # Output format names (as --format spells them) to Pillow's names and file suffixes.
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
@@ -32,6 +32,7 @@ _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
 # them, and carried into another file they would contradict its real layout.
 _LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514}
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
+_SIXTEEN_BIT_LAYOUTS = {"RGB": ("rgb48le", 3), "RGBA": ("rgba64le", 4), "LA": ("ya16le", 2)}  # stored layout: ffmpeg's
 
 
 class PictureError(Exception):
@@ -102,8 +103,9 @@ def _decode(img: Image.Image, source: Path | io.BytesIO) -> Picture:
     orientation = int(exif.get(_ORIENTATION, 1))
     # A CMYK profile would mislabel the RGB pixels written out, so it is dropped with the conversion.
     icc = img.info.get("icc_profile") if img.mode != "CMYK" else None
-    if img.mode in ("RGB", "RGBA") and ";16" in str(raw_mode):
-        pixels = _decode_16bit_rgb(source, fmt, img.size, img.mode == "RGBA")
+    layout = str(raw_mode).split(";")[0]
+    if layout in _SIXTEEN_BIT_LAYOUTS and ";16" in str(raw_mode):
+        pixels = _decode_16bit_rgb(source, fmt, img.size, layout)
     else:
         img.load()
         pixels = _pillow_pixels(img)
@@ -138,10 +140,13 @@ def _refuse_frames(img: Image.Image) -> None:
         raise PictureError(f"{frames} frames (animated or multi-page {img.format}); only single-frame images are upscaled")
 
 
-def _decode_16bit_rgb(source: Path | io.BytesIO, fmt: str, size: tuple[int, int], has_alpha: bool) -> np.ndarray:
-    """ffmpeg reads the file's bytes from a pipe, as one packet: a path is never parsed (`%d` is a pattern to it)."""
+def _decode_16bit_rgb(source: Path | io.BytesIO, fmt: str, size: tuple[int, int], layout: str) -> np.ndarray:
+    """16-bit RGB, RGBA or gray+alpha, which Pillow would reduce to 8 bits.
+
+    ffmpeg reads the file's bytes from a pipe, as one packet: a path is never parsed (`%d` is a pattern to it).
+    """
     data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
-    pix_fmt, channels = ("rgba64le", 4) if has_alpha else ("rgb48le", 3)
+    pix_fmt, channels = _SIXTEEN_BIT_LAYOUTS[layout]
     whole = ["-f", "image2pipe", "-frame_size", str(len(data)), "-c:v", fmt.lower(), "-i", "-"]
     out = _ffmpeg([*whole, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], data)
     width, height = size
@@ -175,8 +180,12 @@ def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
         picture = _to_8bit(picture)
     if fmt == "JPEG" and picture.alpha is not None:
         picture = _flatten_on_white(picture)
+    if fmt == "PNG":  # streamed from the pixels, any depth and layout: no full-size copy
+        exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
+        write_png(path, picture.color, picture.alpha, picture.icc, exif)
+        return
     if picture.bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):
-        _write_16bit_rgb(picture, fmt, path)
+        _write_16bit_tiff(picture, path)
         return
     img = _to_pillow(picture)
     options: dict[str, object] = {}
@@ -190,8 +199,8 @@ def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
         options.update(quality=95, method=4)
     elif fmt == "TIFF":
         options["compression"] = "tiff_deflate"
-    elif fmt == "PNG":
-        options["compress_level"] = 3  # 3x faster than Pillow's 6 for ~5% larger files
+    if img.mode == "RGBX" and fmt == "BMP":
+        img = img.convert("RGB")
     img.save(path, format=fmt, **options)
 
 
@@ -215,8 +224,13 @@ def _to_8bit(picture: Picture) -> Picture:
 
 
 def _to_pillow(picture: Picture) -> Image.Image:
-    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB goes through ffmpeg
-        return Image.fromarray(picture.color)
+    color = picture.color
+    if picture.alpha is None and color.ndim == 3 and color.dtype == np.uint8 and color.strides == (color.shape[1] * 4, 4, 1):
+        # The RGB view of an RGBX buffer (the engine's output): Pillow encodes it in place, no copy.
+        padded = np.lib.stride_tricks.as_strided(color, (*color.shape[:2], 4), (color.shape[1] * 4, 4, 1))
+        return Image.frombuffer("RGBX", (color.shape[1], color.shape[0]), padded, "raw", "RGBX", 0, 1)
+    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB TIFF goes through ffmpeg
+        return Image.fromarray(color)
     stacked = np.dstack([picture.color, picture.alpha])
     return Image.fromarray(stacked, mode="RGBA" if picture.color.ndim == 3 else "LA")
 
@@ -229,8 +243,8 @@ def _flatten_on_white(picture: Picture) -> Picture:
     return replace(picture, color=color.astype(np.uint8), alpha=None)
 
 
-def _write_16bit_rgb(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
-    """16-bit RGB(A); 16-bit gray with alpha is written as RGBA, the nearest 16-bit layout.
+def _write_16bit_tiff(picture: Picture, path: Path | BinaryIO) -> None:
+    """16-bit RGB(A) TIFF, which Pillow cannot write; 16-bit gray with alpha becomes RGBA.
 
     ffmpeg writes to a pipe, never to a path it would parse as a pattern.
     """
@@ -238,15 +252,12 @@ def _write_16bit_rgb(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
     planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
     data = np.dstack(planes).astype(">u2")
     height, width, channels = data.shape
-    pix_fmt = "rgba64be" if channels == 4 else "rgb48be"
-    out_fmt = "rgba64le" if fmt == "TIFF" and channels == 4 else ("rgb48le" if fmt == "TIFF" else pix_fmt)
-    codec = ["-f", "image2pipe", "-c:v", "png" if fmt == "PNG" else "tiff", "-pix_fmt", out_fmt]
+    pix_fmt, out_fmt = ("rgba64be", "rgba64le") if channels == 4 else ("rgb48be", "rgb48le")
+    codec = ["-f", "image2pipe", "-c:v", "tiff", "-pix_fmt", out_fmt]
     encoded = _ffmpeg(
         ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-"],
         data.tobytes(),
     )
-    if fmt == "PNG":
-        encoded = _add_png_chunks(encoded, picture.icc, picture.exif)
     if isinstance(path, Path):
         path.write_bytes(encoded)
     else:
@@ -262,20 +273,3 @@ def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
         message = result.stderr.decode(errors="replace").strip().splitlines()
         raise PictureError(f"ffmpeg failed: {message[-1] if message else result.returncode}")
     return result.stdout
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _add_png_chunks(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Insert iCCP and eXIf after IHDR (ffmpeg's PNG encoder writes neither)."""
-    if not icc and not exif:
-        return data
-    ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    return data[:ihdr_end] + extra + data[ihdr_end:]

@@ -1,14 +1,45 @@
-"""Architectures by name, in the manner of timm/spandrel: one registry, typed hyper-parameters."""
+"""Architectures by name, in the manner of timm/spandrel: one registry, typed hyper-parameters.
+
+Foreign checkpoints carry no hyper-parameters, so an architecture may also register a
+`detect` function that reads them off the tensor shapes and renames the keys of any layout
+it knows into the module's own. Hyper-parameters from any file are checked against bounds
+and the network is first built on the `meta` device, so a crafted file can never make us
+allocate more than a real generator needs.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from upscaler.models.errors import ModelError
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a detector read off a foreign state dict: hyper-parameters and the tensors under our key names."""
+
+    params: dict[str, Any]
+    state: StateDict
+
+
+Detector = Callable[[Mapping[str, torch.Tensor]], Detection | None]
+
+# Bounds on any hyper-parameter of any architecture, generous for real generators (RRDBNet x4plus:
+# 64 channels, 23 blocks; EDSR large: 256 channels, 32 blocks) and far below what hurts.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "scale": (1, 8), "channels": (1, 512), "blocks": (0, 128), "growth": (1, 256),
+    "upsamples": (0, 3), "unshuffle": (1, 4),
+}
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {"res_scale": (0.0, 10.0), "value_range": (1.0, 65535.0)}
+MAX_PARAMETERS = 100_000_000  # 2.3x the largest common SR generator (EDSR large, 43 M)
 
 
 @dataclass(frozen=True)
@@ -19,19 +50,68 @@ class Architecture:
     factory: type[nn.Module]
     defaults: dict[str, Any]
     summary: str
+    detect: Detector | None = None
+    size_multiple: Callable[[dict[str, Any]], int] = field(default=lambda _params: 1)
+    supports_fp16: bool = True
+    supports_bf16: bool = True
 
-    def build(self, **params: Any) -> nn.Module:
+    def checked_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with `params`, each of the default's type and within bounds; else ModelError."""
+        if not isinstance(params, Mapping):
+            raise ModelError(f"{self.name}: hyper-parameters must be a mapping, got {type(params).__name__}")
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise ValueError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}")
-        return self.factory(**{**self.defaults, **params})
+            raise ModelError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}")
+        merged = {**self.defaults, **params}
+        for key, value in merged.items():
+            merged[key] = _checked_value(self.name, key, value, self.defaults[key])
+        return merged
+
+    def build(self, **params: Any) -> nn.Module:
+        return self.factory(**self.checked_params(params))
+
+    def build_on_meta(self, params: Mapping[str, Any]) -> nn.Module:
+        """The network with no storage: its size and its real scale are known before any allocation."""
+        checked = self.checked_params(params)
+        with torch.device("meta"):
+            module = self.factory(**checked)
+        count = count_parameters(module)
+        if count > MAX_PARAMETERS:
+            raise ModelError(f"{self.name}: {count:,} parameters is more than any supported generator ({MAX_PARAMETERS:,} at most)")
+        return module
+
+
+def _checked_value(arch: str, key: str, value: Any, default: Any) -> Any:
+    low: float
+    high: float
+    if isinstance(default, (bool, str)):
+        if type(value) is not type(default):
+            raise ModelError(f"{arch}: {key} must be a {type(default).__name__}, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelError(f"{arch}: {key} must be an integer, got {value!r}")
+        low, high = INT_BOUNDS.get(key, (0, 1024))
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelError(f"{arch}: {key} must be a number, got {value!r}")
+        value = float(value)
+        low, high = FLOAT_BOUNDS.get(key, (0.0, 1e6))
+    else:
+        raise ModelError(f"{arch}: {key} has an unsupported type")
+    if not low <= value <= high:
+        raise ModelError(f"{arch}: {key}={value} is out of bounds [{low}, {high}]")
+    return value
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
 M = TypeVar("M", bound=type[nn.Module])
 
 
-def register(name: str, summary: str) -> Callable[[M], M]:
+def register(
+    name: str, summary: str, detect: Detector | None = None,
+    size_multiple: Callable[[dict[str, Any]], int] | None = None, supports_fp16: bool = True,
+) -> Callable[[M], M]:
     """Class decorator: the constructor's keyword defaults become the recorded hyper-parameters."""
 
     def wrap(cls: M) -> M:
@@ -41,7 +121,9 @@ def register(name: str, summary: str) -> Callable[[M], M]:
             for key, p in signature.parameters.items()
             if key != "self" and p.default is not inspect.Parameter.empty
         }
-        ARCHITECTURES[name] = Architecture(name, cls, defaults, summary)
+        ARCHITECTURES[name] = Architecture(
+            name, cls, defaults, summary, detect, size_multiple or (lambda _params: 1), supports_fp16
+        )
         return cls
 
     return wrap
@@ -50,17 +132,28 @@ def register(name: str, summary: str) -> Callable[[M], M]:
 def get_architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(sorted(ARCHITECTURES))
-        raise ValueError(f"unknown architecture {name!r} (known: {known})") from None
+        raise ModelError(f"unknown architecture {name!r} (known: {known})") from None
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def output_shape(model: nn.Module, height: int, width: int) -> tuple[int, ...]:
+    """The output shape for one RGB input of this size, computed without data when the model is on meta."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.no_grad():
+        return tuple(model(torch.zeros(1, 3, height, width, device=device)).shape)
+
+
 def macs_per_input_pixel(model: nn.Module, probe: int = 32) -> float:
-    """Multiply-accumulates of every convolution per input pixel, measured with hooks on a probe."""
+    """Multiply-accumulates of every convolution per input pixel, measured with hooks on a probe.
+
+    Costs nothing on a model built on the meta device.
+    """
     total = 0
 
     def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -74,9 +167,7 @@ def macs_per_input_pixel(model: nn.Module, probe: int = 32) -> float:
     try:
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            param = next(model.parameters())
-            model(torch.zeros(1, 3, probe, probe, dtype=param.dtype, device=param.device))
+        output_shape(model, probe, probe)
         model.train(was_training)
     finally:
         for handle in handles:

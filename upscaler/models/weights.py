@@ -1,23 +1,49 @@
-"""Generators on disk: safetensors tensors plus JSON metadata. Loading never unpickles."""
+"""Model files: this project's safetensors (tensors + JSON card), foreign checkpoints and ONNX graphs.
+
+`load_model` is the one entry point. Loading never executes code (see `checkpoint`), every
+hyper-parameter is bounds-checked and the network is built on the meta device first, so a
+crafted file can neither run code nor make us allocate more than a real generator; every bad
+file is one ModelError line naming the file and the cause.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
-from functools import cached_property
+import os
+import sys
+from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from upscaler.models import get_architecture
+from upscaler.models.checkpoint import (
+    MODEL_SUFFIXES,
+    ONNX_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    TORCH_SUFFIXES,
+    as_float32,
+    read_safetensors,
+    read_torch_checkpoint,
+    unwrap,
+)
+from upscaler.models.descriptor import ModelDescriptor
+from upscaler.models.detect import detect_architecture, state_mismatch
+from upscaler.models.errors import ModelError
+from upscaler.models.registry import (
+    Architecture,
+    StateDict,
+    count_parameters,
+    get_architecture,
+    macs_per_input_pixel,
+    output_shape,
+)
 
 FORMAT = "upscaler/1"
 DEFAULT_MODEL = "default"
+MODELS_ENV = "UPSCALER_MODELS"
 
 
 @dataclass
@@ -31,9 +57,10 @@ class ModelCard:
     name: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # imported files: where they came from
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        metadata = {
             "format": FORMAT,
             "name": self.name,
             "arch": self.arch,
@@ -44,41 +71,85 @@ class ModelCard:
             "recipe": json.dumps(self.recipe),
             "scores": json.dumps(self.scores),
         }
+        if self.provenance:
+            metadata["provenance"] = json.dumps(self.provenance)
+        return metadata
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelCard:
+        """Strict: a missing or mistyped field is one ModelError line, never a KeyError traceback."""
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{source}: not an upscaler weights file (format {meta.get('format')!r})")
-        low, high = json.loads(meta["input_range"])
+            raise ModelError(f"{source}: not an upscaler weights file (format {meta.get('format')!r})")
+        for key in ("arch", "arch_params", "scale", "input_range"):
+            if key not in meta:
+                raise ModelError(f"{source}: metadata has no {key!r}")
+        params = _json_field(meta, "arch_params", dict, source)
+        value_range = _json_field(meta, "input_range", list, source)
+        if len(value_range) != 2 or [float(v) if isinstance(v, (int, float)) else None for v in value_range] != [0.0, 1.0]:
+            raise ModelError(f"{source}: input_range {value_range} is not supported (models here take [0, 1])")
+        try:
+            scale = int(meta["scale"])
+        except ValueError:
+            raise ModelError(f"{source}: metadata scale {meta['scale']!r} is not an integer") from None
         return cls(
             arch=meta["arch"],
-            arch_params=json.loads(meta["arch_params"]),
-            scale=int(meta["scale"]),
-            value_range=(float(low), float(high)),
+            arch_params=params,
+            scale=scale,
+            value_range=(0.0, 1.0),
             name=meta.get("name", ""),
-            recipe=json.loads(meta.get("recipe", "{}")),
-            scores=json.loads(meta.get("scores", "{}")),
+            recipe=_json_field(meta, "recipe", dict, source, "{}"),
+            scores=_json_field(meta, "scores", dict, source, "{}"),
+            provenance=_json_field(meta, "provenance", dict, source, "{}"),
         )
+
+
+def _json_field(meta: dict[str, str], key: str, kind: type, source: str, default: str | None = None) -> Any:
+    try:
+        value = json.loads(meta.get(key, default) if default is not None else meta[key])
+    except json.JSONDecodeError:
+        raise ModelError(f"{source}: metadata {key} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"{source}: metadata {key} must be a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
+    return value
 
 
 @dataclass
 class LoadedModel:
+    """A ready module: float NCHW RGB in [0, 1] in, float NCHW at `descriptor.scale` out.
+
+    `load_model` passes the descriptor it read off the file; a model made in memory (training)
+    gets one measured from its module.
+    """
+
     card: ModelCard
     module: nn.Module
     source: str
+    described: InitVar[ModelDescriptor | None] = None
+    descriptor: ModelDescriptor = field(init=False)
 
-    @cached_property
+    def __post_init__(self, described: ModelDescriptor | None) -> None:
+        if described is None:
+            arch = get_architecture(self.card.arch)
+            described = describe(arch, self.card.arch_params, self.card.scale, self.module, self.source)
+        self.descriptor = described
+
+    @property
     def digest(self) -> str:
-        """sha256 of the weights file, which engine caches key on; read only when asked for."""
-        return hashlib.sha256(Path(self.source).read_bytes()).hexdigest()
+        """sha256 of the model file, which engine caches key on; read only when asked for."""
+        return self.descriptor.sha256
 
 
-def save_model(module: nn.Module, card: ModelCard, path: Path) -> None:
+def save_model(module: nn.Module, card: ModelCard, path: Path, descriptor: ModelDescriptor | None = None) -> None:
     """Write atomically: a crash never leaves a truncated weights file under the final name."""
+    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in module.state_dict().items()}
+    if not tensors:
+        raise ModelError(f"{path}: this model has no torch weights to save (an ONNX graph is kept as its .onnx file)")
+    metadata = card.to_metadata()
+    if descriptor is not None:
+        metadata["descriptor"] = json.dumps(descriptor.to_json())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=card.to_metadata())
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.chmod(0o644)  # weights are shared files, not secrets
     tmp.replace(path)
 
@@ -93,29 +164,111 @@ def builtin_models() -> dict[str, Path]:
     }
 
 
+def user_models_dir() -> Path:
+    """Where `upscale import` puts models: $UPSCALER_MODELS, else the platform's per-user data folder."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "upscaler" / "models"
+
+
+def user_models(folder: Path | None = None) -> dict[str, Path]:
+    """Imported models by name (file stem)."""
+    folder = folder or user_models_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".onnx") and not p.name.startswith(".")}
+
+
 def resolve_model_path(spec: str) -> Path:
-    """A built-in name or a path to a .safetensors file."""
+    """A built-in name, an imported model's name, or a path to a model file."""
     builtin = builtin_models()
     if spec in builtin:
         return builtin[spec]
+    imported = user_models()
+    if spec in imported:
+        return imported[spec]
     path = Path(spec)
     if path.is_file():
         return path
+    if path.exists():
+        raise ModelError(f"model {spec!r}: not a file")
     names = ", ".join(sorted(builtin)) or "none"
-    raise FileNotFoundError(f"model {spec!r}: no such file and no built-in model of that name (built-in: {names})")
+    raise FileNotFoundError(
+        f"model {spec!r}: no such file and no built-in model of that name (built-in: {names}; "
+        f"imported: {', '.join(sorted(imported)) or 'none'} in {user_models_dir()})"
+    )
 
 
 def read_card(path: Path) -> ModelCard:
-    with safe_open(str(path), framework="pt") as handle:
-        return ModelCard.from_metadata(handle.metadata() or {}, str(path))
+    return ModelCard.from_metadata(read_safetensors(path)[1], str(path))
 
 
 def load_model(spec: str) -> LoadedModel:
+    """Any supported model file, checked, as a module in eval mode; ModelError (a ValueError) if it is bad."""
     path = resolve_model_path(spec)
-    with safe_open(str(path), framework="pt") as handle:
-        card = ModelCard.from_metadata(handle.metadata() or {}, str(path))
-        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    module = get_architecture(card.arch).build(**card.arch_params)
-    module.load_state_dict(state)
-    module.eval()
-    return LoadedModel(card=card, module=module, source=str(path))
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        from upscaler.models.onnx_model import load_onnx
+
+        module, card, descriptor = load_onnx(path)
+        return LoadedModel(card, module, str(path), descriptor)
+    if suffix in SAFETENSORS_SUFFIXES:
+        tensors, metadata = read_safetensors(path)
+        if metadata.get("format") == FORMAT or "arch" in metadata:
+            card = ModelCard.from_metadata(metadata, str(path))
+            try:
+                arch = get_architecture(card.arch)
+            except ModelError as exc:
+                raise ModelError(f"{path}: {exc}") from None
+            return _build(arch, card.arch_params, tensors, card, path)
+        if metadata.get("format", "").startswith("upscaler"):
+            ModelCard.from_metadata(metadata, str(path))  # names the unknown format version
+        return _detected(tensors, path)
+    if suffix in TORCH_SUFFIXES:
+        return _detected(unwrap(read_torch_checkpoint(path), path), path)
+    raise ModelError(f"{path}: unsupported model file type {suffix or '(none)'!r}; use one of {', '.join(MODEL_SUFFIXES)}")
+
+
+def _detected(tensors: StateDict, path: Path) -> LoadedModel:
+    found = detect_architecture(tensors, path)
+    card = ModelCard(found.arch.name, found.params, 0, name=path.stem)
+    return _build(found.arch, found.params, found.state, card, path)
+
+
+def _build(arch: Architecture, params: dict[str, Any], tensors: StateDict, card: ModelCard, path: Path) -> LoadedModel:
+    """Bounds, then the network on meta (size, keys, shapes, real scale), then, only then, real memory."""
+    try:
+        meta = arch.build_on_meta(params)
+        problem = state_mismatch(meta, tensors)
+        if problem is not None:
+            raise ModelError(f"{arch.name} layers do not match the file: {problem}")
+        probe = 8 * arch.size_multiple(arch.checked_params(params))
+        shape = output_shape(meta.eval(), probe, probe)
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    scale = shape[-1] // probe
+    if shape[1] != 3 or shape[-1] != scale * probe or shape[-2] != scale * probe:
+        raise ModelError(f"{path}: the layers make {list(shape)} from a {probe}x{probe} RGB input, not an RGB upscale")
+    if card.scale and card.scale != scale:
+        raise ModelError(f"{path}: metadata says scale {card.scale} but the layers upscale x{scale}")
+    card.scale = scale
+    descriptor = describe(arch, params, scale, meta, str(path))
+    module = arch.build(**params)
+    module.load_state_dict(as_float32(tensors, path))
+    return LoadedModel(card, module.eval(), str(path), descriptor)
+
+
+def describe(arch: Architecture, params: dict[str, Any], scale: int, module: nn.Module, source: str) -> ModelDescriptor:
+    """The descriptor of a torch module (on meta it costs nothing: MACs come from shapes alone)."""
+    checked = arch.checked_params(params)
+    return ModelDescriptor(
+        arch=arch.name, scale=scale, in_channels=3, out_channels=3, parameters=count_parameters(module),
+        macs_per_input_pixel=macs_per_input_pixel(module), supports_fp16=arch.supports_fp16,
+        supports_bf16=arch.supports_bf16, size_multiple=arch.size_multiple(checked), source=source, arch_params=checked,
+    )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save
 
-from upscaler.io.images import Picture
+from upscaler.io.files import write_atomically
+from upscaler.io.images import Picture, PictureError, read_picture
 from upscaler.quality.metrics import psnr_y, ssim_y
 from upscaler.quality.resize import imresize
 
@@ -39,6 +43,37 @@ class DatasetScore:
         return float(np.mean([s.ssim for s in self.images]))
 
 
+def read_named(path: Path) -> Picture:
+    """read_picture, its failures as one ValueError that names the file."""
+    try:
+        return read_picture(path)
+    except PictureError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit values of decoded pixels, whichever way they are held: uint8, uint16 or floats in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def read_benchmark_image(path: Path) -> np.ndarray:
+    """uint8 HxWx3, or HxW for grayscale, which the published protocol scores as it is."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (every HR image needs an LR image of the same name)")
+    picture = read_named(path)
+    if picture.alpha is not None:
+        raise ValueError(f"{path}: has an alpha channel; benchmark images are RGB or grayscale")
+    if picture.bits != 8:
+        raise ValueError(f"{path}: {picture.bits}-bit; benchmark images are 8-bit")
+    return to_uint8(picture.color)
+
+
 def dataset_pairs(folder: Path, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, LR, HR cropped to scale * LR size), keeping grayscale images grayscale."""
     lr_dir = folder / "LR_bicubic" / f"X{scale}"
@@ -46,8 +81,7 @@ def dataset_pairs(folder: Path, scale: int) -> Iterator[tuple[str, np.ndarray, n
     if not hr_paths or not lr_dir.is_dir():
         raise FileNotFoundError(f"{folder}: expected HR/*.png and LR_bicubic/X{scale}/")
     for hr_path in hr_paths:
-        with Image.open(hr_path) as hr_img, Image.open(lr_dir / hr_path.name) as lr_img:
-            hr, lr = np.asarray(hr_img), np.asarray(lr_img)
+        hr, lr = read_benchmark_image(hr_path), read_benchmark_image(lr_dir / hr_path.name)
         h, w = lr.shape[:2]
         yield hr_path.name, lr, hr[: h * scale, : w * scale]
 
@@ -81,3 +115,16 @@ def picture_upscaler(upscale_picture: Callable[[Picture], Picture]) -> UpscaleFn
         return upscale_picture(Picture(color=lr, alpha=None, format="PNG")).color
 
     return run
+
+
+def record_scores(source: Path, target: Path, scores: dict[str, Any]) -> None:
+    """Copy the weights file `source` to `target` with `scores` merged into its metadata.
+
+    The tensors are copied from the file, byte for byte: never from a loaded module, which a
+    backend may have converted (to bf16, fp16, channels-last) for running.
+    """
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    metadata["scores"] = json.dumps({**json.loads(metadata.get("scores") or "{}"), **scores})
+    write_atomically(target, lambda stream: stream.write(save(tensors, metadata=metadata)))

@@ -11,15 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from upscaler.io.images import SUFFIX_FORMATS
+from upscaler.quality.evaluate import read_named, to_uint8
 from upscaler.quality.resize import imresize
 
 
 def find_images(folder: Path, recursive: bool = True) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS)
+
+
+def read_rgb8(path: Path) -> np.ndarray:
+    """HxWx3 uint8 pixels, upright, alpha dropped; a file that cannot be decoded (or a bomb) is named."""
+    color = read_named(path).color
+    return to_uint8(color if color.ndim == 3 else np.repeat(color[..., None], 3, axis=2))
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -32,16 +38,15 @@ class PatchSampler:
     """Draws (LR, HR) batches; every random choice comes from one generator, so resume is exact."""
 
     def __init__(self, folder: Path, patch: int, scale: int, seed: int) -> None:
-        if patch % scale:
-            raise ValueError(f"--patch {patch} must be a multiple of --scale {scale}")
         self.patch, self.scale = patch, scale
         # Kernel support of a x`scale` MATLAB downscale is 2*scale pixels each side; round up to the grid.
         self.margin = 2 * scale + scale
         self.images: list[torch.Tensor] = []
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder of training images")
         paths = find_images(folder)
         for path in paths:
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+            rgb = read_rgb8(path)
             if min(rgb.shape[:2]) < patch:
                 continue
             padded = np.pad(rgb, ((self.margin, self.margin), (self.margin, self.margin), (0, 0)), mode="symmetric")
