@@ -211,7 +211,7 @@ def _decodes(path: Path) -> bool:
     return True
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> None:
+def write_atomically(target: Path, write: Callable[[BinaryIO], object], root: Path | None = None) -> None:
     """Let `write` fill a fresh temporary file beside `target`, sync it, rename it over `target`, sync the folder.
 
     Folders between `root` (made if missing) and the target are opened or made without following
