@@ -450,9 +450,11 @@ def test_12_passed_over_entries_are_named_and_unreadable_is_not_corrupt(photos: 
     out = tmp_path / "out"
     try:
         run = upscale("dir", photos, "-o", out, "--model", tiny_model, *FAST, unprivileged=True)
+        unlistable = upscale("dir", locked, "-o", tmp_path / "out2", "--model", tiny_model, *FAST, unprivileged=True)
     finally:
         locked.chmod(0o755)
         secret.chmod(0o644)
+    assert unlistable.code == 2 and unlistable.errors == [f"error: {locked}: cannot list the folder (Permission denied)"]
     assert run.code == 1, run.err
     assert run.errors == [f"error: {secret}: unreadable (Permission denied)"]
     assert sorted(run.warnings) == sorted([
