@@ -57,6 +57,9 @@ def test_even_grid_covers_every_pixel_within_its_budget(height: int, width: int,
         return
     _assert_covers(grid, height, width)
     assert grid.tile_h * grid.tile_w <= budget
+    for starts, tile in ((grid.ys, grid.tile_h), (grid.xs, grid.tile_w)):  # neighbours share at least the overlap
+        assert all(a + tile - b >= overlap for a, b in zip(starts, starts[1:]))
+        assert all(s % multiple == 0 for s in starts)
 
 
 @settings(max_examples=300, deadline=None)
