@@ -35,7 +35,7 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
 from upscaler.io.colour import ColourTags, Converter, bit_depth, yuv_layout
-from upscaler.io.files import TEMP_PREFIX, write_atomically
+from upscaler.io.files import write_atomically
 from upscaler.io.stages import Stages
 
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
@@ -44,6 +44,7 @@ _NOPTS = -(2**63)
 _RECORD = struct.Struct("<qqqiI")  # pts, dts, duration, keyframe, size
 _PACKETS_MAGIC = b"UPSCALE-PACKETS-1\n"
 _MANIFEST = "manifest.json"
+_HIDDEN = ".upscale-"  # the work folder and the segment being written hide beside OUT
 
 
 class VideoError(ValueError):
@@ -303,10 +304,10 @@ def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: st
         return EncodeSettings(codec, pix_fmt, options, probe_out.format.name, global_header)
 
 
-def _open_output(out: Path, name: Path | None = None, container: str | None = None) -> av.container.OutputContainer:
-    """An output container; nothing is written to disk until its header is."""
+def _open_output(out: Path, target: BinaryIO | None = None, container: str | None = None) -> av.container.OutputContainer:
+    """An output container (into `target`, a file being written, when given); nothing is written until its header is."""
     try:
-        return av.open(str(name or out), "w", format=container)
+        return av.open(target if target is not None else str(out), "w", format=container)
     except ValueError:
         raise VideoError(f"{out}: FFmpeg has no container for {out.suffix or 'a name without a suffix'}; "
                          "use .mkv, .mp4, .mov or .webm") from None
@@ -326,7 +327,7 @@ class WorkFolder:
     """Hidden folder beside OUT: a manifest of complete segments and their packet files."""
 
     def __init__(self, out: Path, key: dict[str, object]) -> None:
-        self.path = out.with_name(f"{TEMP_PREFIX}work-{out.name}")
+        self.path = out.with_name(f"{_HIDDEN}work-{out.name}")
         self.key = key
         self.segments: list[Segment] = []
         self.extradata: bytes | None = None
@@ -340,7 +341,7 @@ class WorkFolder:
         if not manifest or manifest.get("key") != self.key:
             self.clear()
             return False
-        for leftover in self.path.glob(f"{TEMP_PREFIX}*"):  # a segment a killed run was writing
+        for leftover in self.path.glob(f"{_HIDDEN}*"):  # a segment a killed run was writing
             leftover.unlink()
         self.segments = _complete_prefix(self.path, [Segment(**s) for s in manifest["segments"]])
         extradata = manifest.get("extradata")
@@ -379,8 +380,8 @@ class WorkFolder:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
+def _write_text(stream: BinaryIO, text: str) -> None:
+    stream.write(text.encode())
 
 
 def _segment_name(index: int) -> str:
@@ -479,7 +480,7 @@ class _SegmentEncoder:
     def _begin(self, first_pts: int) -> None:
         index = len(self.work.segments)
         self._ctx = self.settings.open(self.source, *self.size)
-        self._tmp = self.work.path / f"{TEMP_PREFIX}{os.getpid()}-{_segment_name(index)}"
+        self._tmp = self.work.path / f"{_HIDDEN}{os.getpid()}-{_segment_name(index)}"
         self._file = self._tmp.open("wb")
         self._file.write(_PACKETS_MAGIC)
         self._first_pts, self._frames = first_pts, 0
@@ -597,7 +598,7 @@ def check_streams(source: SourceVideo, out: Path) -> list[str]:
     return warnings
 
 
-def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, tmp: Path, out: Path) -> None:
+def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, tmp: BinaryIO, out: Path) -> None:
     with _open_input(source.path) as container, _open_output(out, tmp, settings.container) as output:
         copied = {}
         for stream in container.streams:
