@@ -41,16 +41,15 @@ def _open_engine(settings: RunSettings) -> Engine:
 
 
 def _prepare_output(folder: Path, recursive: bool) -> None:
-    """OUT made and proven writable before a model is loaded or an image upscaled."""
+    """OUT made and proven writable before any image is upscaled (after the model opened: a bad model leaves no OUT)."""
     try:
         prepare_folder(folder, recursive)
     except OSError as exc:
         raise fail(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 
 
-def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
+def _run_batch(jobs: list[Job], engine: Engine, skipped: int) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
-    engine = _open_engine(settings)
     summary = Summary(skipped=skipped)
     columns = (
         TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
@@ -137,11 +136,12 @@ def upscale_dir(
     if not found.sources:
         warn(f"no images found in {in_dir}")
         return
+    engine = _open_engine(settings)
     _prepare_output(out, recursive)
     skipped: list[Path] = []
     if skip_existing_outputs:
         jobs, skipped = skip_existing(jobs)
-    _run_batch(jobs, settings, len(skipped))
+    _run_batch(jobs, engine, len(skipped))
 
 
 def _file_format(out: Path, requested: OutputFormat) -> str:
@@ -176,11 +176,12 @@ def upscale_image(
     if source == STDIO:
         _run_piped(source, out, fmt, settings)
         return
-    _prepare_output(out.parent, recursive=False)
     if skip_existing_outputs and is_complete(out):
         _print_summary(Summary(skipped=1), settings.model)
         return
-    _run_batch([Job(source, out, fmt)], settings, 0)
+    engine = _open_engine(settings)
+    _prepare_output(out.parent, recursive=False)
+    _run_batch([Job(source, out, fmt)], engine, 0)
 
 
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:
@@ -194,9 +195,9 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) 
         picture = read_picture_bytes(sys.stdin.buffer.read()) if source == STDIO else read_picture(source)
     except (PictureError, OSError) as exc:
         raise fail(f"{name}: {exc}", EXIT_FAILED) from None
+    engine = _open_engine(settings)
     if out != STDIO:
         _prepare_output(out.parent, recursive=False)
-    engine = _open_engine(settings)
     started = time.perf_counter()
     try:
         result = engine.upscale(picture)
