@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -12,19 +13,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
-from upscaler.cli.options import FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.cluster.ray_runner import ClusterRunner, cluster_runner
 from upscaler.engine.engine import open_engine
 from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job, discover, output_format, target_path
 
 
-def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
+def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, cluster: str | None = None) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
-    try:
-        engine = open_engine(settings)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
+    with ExitStack() as resources:
+        try:
+            if cluster is None:
+                engine = open_engine(settings)
+                runner: JobRunner | ClusterRunner = JobRunner(jobs, engine.upscale)
+                model, backend = engine.model.source, engine.description
+            else:
+                runner, info = resources.enter_context(cluster_runner(cluster, jobs, settings))
+                model, backend = info.model, info.backend
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            raise fail(str(exc)) from None
+        _report_batch(jobs, runner, skipped, model, backend)
+
+
+def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str) -> None:
     summary = Summary(skipped=skipped)
     columns = (
         TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
@@ -34,7 +47,6 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
     interrupted = False
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("upscale", total=len(jobs), rate=0.0)
-        runner = JobRunner(jobs, engine.upscale)
 
         def report(outcome: Outcome) -> None:
             summary.add(outcome)
@@ -51,7 +63,7 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int) -> None:
         for outcome in runner.drain():
             report(outcome)
     summary.seconds = time.perf_counter() - started
-    _print_summary(summary, engine.model.source, engine.description)
+    _print_summary(summary, model, backend)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
         raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
@@ -83,6 +95,7 @@ def upscale_dir(
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+    cluster: ClusterOption = None,
 ) -> None:
     """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
 
@@ -101,7 +114,7 @@ def upscale_dir(
         jobs, skipped = skip_existing(jobs)
     if not sources:
         console.print(f"[yellow]no images found in {in_dir}[/]")
-    _run_batch(jobs, settings, len(skipped))
+    _run_batch(jobs, settings, len(skipped), cluster)
 
 
 @app.command("image")
