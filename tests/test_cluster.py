@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +18,14 @@ from typer.testing import CliRunner
 from upscaler.cli import app
 from upscaler.cluster.ray_runner import ActorSpec, plan_actors
 
-from .conftest import EXAMPLES, save_random_model
+from .conftest import (
+    EXAMPLES,
+    assert_complete_images,
+    assert_interrupted_cleanly,
+    interrupt_at_first_output,
+    numbered_copies,
+    save_random_model,
+)
 
 FAST = ["--tile", "64", "--overlap", "8", "--device", "cpu"]
 
@@ -149,34 +153,17 @@ def test_a_worker_that_dies_is_replaced_and_one_that_always_dies_is_given_up(loc
     assert len(errors) == 1 and errors[0].startswith(f"error: {source / 'crash-always.png'}: its Ray worker died 2 times")
     assert _files(out) == sorted(set(names) - {"crash-always.png"})  # crash-once.png retried and written; no temporaries
     assert _counts(result.output) == {"written": 5, "skipped (already there)": 0, "failed": 1}
-    for name in _files(out):
-        with Image.open(out / name) as img:
-            img.load()
+    assert_complete_images([out / name for name in _files(out)])
 
 
 def test_ctrl_c_on_the_driver_stops_the_cluster_cleanly(local_ray: ModuleType, tmp_path: Path) -> None:
-    source = tmp_path / "in"
-    source.mkdir()
-    for i in range(16):
-        shutil.copy(EXAMPLES / "astronaut.png", source / f"frame{i:02d}.png")
+    source = numbered_copies(tmp_path / "in", 16)
     model = save_random_model(tmp_path / "m.safetensors", channels=24, blocks=3)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "upscaler", "dir", str(source), "-o", str(out), "--model", str(model), *FAST, "--cluster", "auto"]
     env = os.environ | {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}  # join the module's Ray
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob("frame*.png"))) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the driver's whole process group
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
-    assert "re-run with --skip-existing" in output
-    written = sorted(out.iterdir())
-    assert 0 < len(written) < 16, "interrupt came too late to test anything"
-    assert all(p.name.startswith("frame") for p in written)  # no temporary files left
-    for path in written:
-        with Image.open(path) as img:
-            img.load()
+    returncode, output = interrupt_at_first_output(command, out, "frame*.png", env)
+    written = assert_interrupted_cleanly(returncode, output, out, 16)
     assert _counts(output)["written"] == len(written)
     left = int(re.search(r"interrupted with (\d+) image", output).group(1))  # type: ignore[union-attr]
     assert left == 16 - len(written)
