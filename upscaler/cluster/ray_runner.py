@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -71,7 +72,9 @@ def connected(address: str) -> Iterator[ModuleType]:
         if address == "local":  # a new instance even if someone else's runs on this machine
             options["num_cpus"] = os.cpu_count()
         try:
-            ray.init(address=address, **options)
+            with warnings.catch_warnings():  # Ray Client warns before it raises; the error line says it all
+                warnings.simplefilter("ignore")
+                ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             raise ClusterError(f"--cluster {address}: cannot start or reach Ray: {exc}") from None
     try:
@@ -132,7 +135,7 @@ class PictureWorker:
         return self.info
 
     def stop(self) -> None:
-        """Finish the file in progress and its writes, start no other (runs beside `run`)."""
+        """Finish the file in progress and its writes, start no other (runs on the actor's second thread)."""
         self.stopping.set()
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
@@ -216,8 +219,9 @@ class WorkerPool(Generic[U]):
     def drain(self) -> list[tuple[U, Any]]:
         """After an interruption: stop every actor after its current file and collect what was finished."""
         self.pending.clear()
-        for actor in self.actors.values():
-            actor.stop.options(concurrency_group="control").remote()
+        busy = {key for key, unit in self.in_flight.values() if unit is not _PROBE}
+        for key in busy:
+            self.actors[key].stop.remote()
         settled: list[tuple[U, Any]] = []
         while self.in_flight:
             settled += self._settle(next(iter(self.in_flight)))
@@ -234,7 +238,7 @@ def start_pool(ray: ModuleType, worker: type, settings: RunSettings, method: str
     specs = plan_actors(ray.nodes(), settings.device, actors_per_node)
     if not specs:
         raise ClusterError("the Ray cluster has no node with a CPU or GPU to run on")
-    remote = ray.remote(concurrency_groups={"control": 1})(worker)
+    remote = ray.remote(max_concurrency=2)(worker)  # `stop` runs beside `run`; the pool sends one unit at a time
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actors = []
