@@ -34,6 +34,8 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, cluster: st
                 model, backend = info.model, info.backend
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             raise fail(str(exc)) from None
+        except KeyboardInterrupt:  # while the model loads or a cluster starts: nothing was written yet
+            raise fail("interrupted before any image was started", EXIT_INTERRUPTED) from None
         _report_batch(jobs, runner, skipped, model, backend)
 
 

@@ -249,14 +249,14 @@ def start_pool(ray: ModuleType, worker: type, settings: RunSettings, method: str
                                      max_task_retries=MAX_TASK_RETRIES, scheduling_strategy=strategy).remote(own))
     pool: WorkerPool[Any] = WorkerPool(ray, actors, method)
     try:
-        infos = _ready_infos(ray, pool)
+        info = _ready_info(ray, pool)
     except BaseException:
         pool.close()
         raise
-    return pool, infos
+    return pool, info
 
 
-def _ready_infos(ray: ModuleType, pool: WorkerPool[Any]) -> WorkerInfo:
+def _ready_info(ray: ModuleType, pool: WorkerPool[Any]) -> WorkerInfo:
     """Wait for the actors to open their engines; keep those that did in time, fail on any engine error."""
     asked = {actor.describe.remote(): key for key, actor in pool.actors.items()}
     ready, late = ray.wait(list(asked), num_returns=len(asked), timeout=READY_TIMEOUT_S)
