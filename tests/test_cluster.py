@@ -117,9 +117,11 @@ def test_cluster_writes_what_the_local_run_writes(local_ray: ModuleType, runner:
     for name in _files(tmp_path / "local"):
         with Image.open(tmp_path / "local" / name) as a, Image.open(tmp_path / "cluster" / name) as b:
             assert a.format == b.format and a.size == b.size and a.mode == b.mode
-            if a.format == "PNG":  # lossless: the pixels themselves (JPEG re-encoding would blur the comparison)
-                difference = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+            difference = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+            if a.format == "PNG":
                 assert difference.max() <= 1, name
+            else:  # JPEG: a level of difference before encoding may move a block's coefficients a little more
+                assert difference.mean() <= 0.5, name
 
 
 def test_skip_existing_and_a_bad_file_as_locally(local_ray: ModuleType, runner: CliRunner, photos: Path, tiny_model: Path, tmp_path: Path) -> None:
