@@ -141,6 +141,13 @@ def test_skip_existing_and_a_bad_file_as_locally(local_ray: ModuleType, runner: 
     assert _counts(cluster.output) == _counts(local.output) == {"written": 2, "skipped (already there)": 1, "failed": 1}
 
 
+def test_a_model_the_workers_cannot_open_is_one_usage_error(local_ray: ModuleType, runner: CliRunner, photos: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["dir", str(photos), "-o", str(tmp_path / "out"), "--model", "nonesuch", *FAST, "--cluster", "local"])
+    assert result.exit_code == 2
+    assert len(_errors(result.output)) == 1 and "no built-in model of that name" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_worker_that_dies_is_replaced_and_one_that_always_dies_is_given_up(local_ray: ModuleType, runner: CliRunner, tiny_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
