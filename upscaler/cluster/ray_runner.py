@@ -140,8 +140,10 @@ class PictureWorker:
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Outcomes of the jobs done, in order; after `stop`, only those finished before it."""
-        if self.stopping.is_set() or self.engine is None:
+        if self.stopping.is_set():
             return []
+        if self.engine is None:  # a restart whose engine did not open (the first start's failure stops the run)
+            return [Outcome(job, error=f"the Ray worker's engine did not open: {self.info.error}") for job in jobs]
         runner = JobRunner(jobs, self.engine.upscale)
         done: list[Outcome] = []
         outcomes = iter(runner)
