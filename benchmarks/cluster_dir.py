@@ -27,13 +27,12 @@ from upscaler.cluster.ray_runner import cluster_runner
 from upscaler.engine.engine import open_engine
 from upscaler.engine.pipeline import Outcome, run_jobs, skip_existing
 from upscaler.engine.settings import RunSettings
-from upscaler.io.files import Job, discover, output_format, target_path
+from upscaler.io.files import Job, discover, plan_jobs
 
 
 def plan(folder: Path, out: Path) -> list[Job]:
     """What `upscale dir --skip-existing` does on the driver before any work is shipped."""
-    jobs = [Job(s, target_path(s, folder, out, fmt), fmt) for s in discover(folder, out, True) for fmt in [output_format(s, "keep")]]
-    return skip_existing(jobs)[0]
+    return skip_existing(plan_jobs(discover(folder, out, True).sources, folder, out, "keep"))[0]
 
 
 def check(outcomes: list[Outcome], count: int) -> None:
@@ -79,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         folder.mkdir()
-        for source in discover(args.folder, Path(tmp) / "nowhere", recursive=False):
+        for source in discover(args.folder, Path(tmp) / "nowhere", recursive=False).sources:
             for copy in range(args.copies):
                 shutil.copy(source, folder / f"{copy}-{source.name}")
         count = len(list(folder.iterdir()))

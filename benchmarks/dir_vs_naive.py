@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best is reported")
     args = parser.parse_args()
 
-    sources = discover(args.folder, Path(tempfile.gettempdir()) / "nowhere", recursive=False)
+    sources = discover(args.folder, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
     settings = RunSettings(model=args.model, device="cpu")
     engine = open_engine(settings)
     loaded = engine.model

@@ -75,7 +75,7 @@ def main() -> None:
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {engine.description}; "
           f"{macs:,.0f} MACs per input pixel")
 
-    sources = discover(args.photos, Path(tempfile.gettempdir()) / "nowhere", recursive=False)
+    sources = discover(args.photos, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
     images = [read_picture(s).color for s in sources]
     pixels = sum(i.shape[0] * i.shape[1] for i in images)
     computed = sum(engine.plan.tiles.grid(*i.shape[:2]).computed_pixels for i in images)

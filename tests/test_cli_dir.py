@@ -79,11 +79,12 @@ def test_bad_files_are_named_and_the_batch_goes_on(runner: CliRunner, photos: Pa
 def test_skip_existing_leaves_outputs_alone(runner: CliRunner, photos: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "trip").mkdir(parents=True)
-    (out / "trip" / "chelsea.png").write_bytes(b"already done")
+    done = (EXAMPLES / "coffee.png").read_bytes()  # a complete PNG stands for an earlier run's output
+    (out / "trip" / "chelsea.png").write_bytes(done)
     args = ["dir", str(photos), "-o", str(out), "--skip-existing", "--model", str(tiny_model), *FAST]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert (out / "trip" / "chelsea.png").read_bytes() == b"already done"
+    assert (out / "trip" / "chelsea.png").read_bytes() == done
     assert (out / "astronaut.png").is_file()
 
 
@@ -92,9 +93,12 @@ def test_a_failed_write_leaves_nothing_behind(runner: CliRunner, photos: Path, t
 
     real_encode = pipeline.encode_picture
 
-    def encode_then_crash(picture, fmt, path):  # type: ignore[no-untyped-def]
-        real_encode(picture, fmt, path)  # the temporary file is complete on disk...
-        if "chelsea" in path.name:
+    with Image.open(EXAMPLES / "chelsea.png") as img:
+        chelsea_upscaled = (img.height * 4, img.width * 4)
+
+    def encode_then_crash(picture, fmt, stream):  # type: ignore[no-untyped-def]
+        real_encode(picture, fmt, stream)  # the temporary file is complete on disk...
+        if picture.size == chelsea_upscaled:
             raise OSError(28, "No space left on device")  # ...then the disk fills
 
     monkeypatch.setattr(pipeline, "encode_picture", encode_then_crash)

@@ -20,7 +20,7 @@ from upscaler.compile.onnx import ByteIO, TileShape, check_onnx, export_onnx, ru
 from upscaler.compile.trt.cache import EngineCache, EngineKey
 from upscaler.engine.backends import TorchRunner, open_runner
 from upscaler.engine.devices import cpu_has_native_bf16
-from upscaler.engine.frames import ModelRunner, _untrustworthy
+from upscaler.engine.frames import FrameError, ModelRunner, _untrustworthy
 from upscaler.engine.plan import plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.models import get_architecture
@@ -242,3 +242,36 @@ def test_batch_norm_folding_is_exact_and_leaves_the_loaded_model_alone() -> None
     with torch.no_grad():
         torch.testing.assert_close(runner(x), module(x), atol=2e-5, rtol=1e-4)
     assert fold_batch_norm(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1)))[0].__class__ is nn.BatchNorm2d
+
+
+def test_exported_graphs_flag_bad_tiles_before_quantising(tmp_path: Path) -> None:
+    """The engine sees only bytes; the graph's `bad` output tells it which tiles to recompute in fp32."""
+    shape = TileShape(batch=3, tile=16)
+    export_onnx(_OverflowsOnBrightTiles(nn.Upsample(scale_factor=4)), shape, "fp32", tmp_path / "m.onnx")
+    check_onnx(tmp_path / "m.onnx", shape, 4)
+    import onnxruntime
+
+    tiles = np.full(shape.input_shape(), 60, np.uint8)
+    tiles[1] = 250  # bright: overflows
+    tiles[2, ::2] = 200  # textured
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    pixels, bad = session.run(["sr", "bad"], {"lr": tiles})
+    assert bad.tolist() == [0, 1, 0] and pixels.shape == shape.output_shape(4)
+
+
+def test_deferred_checks_never_ask_the_host_and_report_per_frame() -> None:
+    """Streamed on CUDA the verdict stays on the device until the frame is collected."""
+    good = nn.Upsample(scale_factor=4)
+    runner = ModelRunner(TorchRunner(_OverflowsOnBrightTiles(good), torch.device("cpu"), torch.float32), torch.float32,
+                         None, deferred=True)
+    calm = torch.rand(2, 3, 8, 8) * 0.5
+    assert runner.take_verdict() is None
+    runner(calm)
+    assert runner.take_verdict().item() is False  # type: ignore[union-attr]
+    bright = calm.clone()
+    bright[1] = 0.9
+    runner(calm)
+    out = runner(bright)  # no exception: the caller decides after the frame
+    assert not torch.isfinite(out).all() and runner.take_verdict().item() is True  # type: ignore[union-attr]
+    with pytest.raises(FrameError):
+        runner.checked()(bright)

@@ -1,3 +1,22 @@
-from upscaler.cli import main
+"""`python -m upscaler` and the `upscale` script.
 
-main()
+The command line's modules load torch, which takes seconds; a Ctrl-C meanwhile is one line and
+exit 130 like one at any other moment, not a traceback from inside an import.
+"""
+
+import os
+import sys
+
+
+def main() -> None:
+    try:
+        from upscaler.cli import main as run_command_line
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+    run_command_line()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,23 @@
 """The `upscale` command line: one module per command, registered on one typer app in this order."""
 
+import os
+import sys
+
 # isort: off
-from upscaler.cli import upscale, models, evaluate, compile, bench, train  # noqa: F401 (registers the commands)
+from upscaler.cli import upscale, video, models, evaluate, compile, bench, train  # noqa: F401 (registers the commands)
 # isort: on
-from upscaler.cli.app import app
+from upscaler.cli.app import EXIT_INTERRUPTED, app, run
 
 
 def main() -> None:
-    app()
+    code = run(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == EXIT_INTERRUPTED:
+        # Stop now, even after a second Ctrl-C: writes still in flight are abandoned under their
+        # temporary names, which the next run into the same folder removes.
+        os._exit(code)
+    sys.exit(code)
 
 
 __all__ = ["app", "main"]

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from upscaler.cli.app import app, console, fail
+from upscaler.cli.app import app, console, fail, printable
 from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.compile.compiler import DEFAULT_CACHE
 from upscaler.engine.devices import resolve_device
@@ -45,6 +46,8 @@ def compile_engine(
     from upscaler.engine.tiling import check_overlap
     from upscaler.models.weights import load_model
 
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out}: not a folder; -o names the engine cache folder")
     if list_cache:
         _print_cache(EngineCache(out))
         return
@@ -57,13 +60,13 @@ def compile_engine(
         result = compile_model(loaded, request, resolve_device(device), _probe_pixels())
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"onnx: {result.onnx}", highlight=False)
+    console.print(f"onnx: {escape(printable(str(result.onnx)))}", highlight=False)
     if result.onnx_psnr is not None:
         console.print(f"onnx parity (onnxruntime vs torch fp32): {result.onnx_psnr:.1f} dB", highlight=False)
     if result.plan is None:
         raise fail("TensorRT is not installed: the engine build needs the `tensorrt` extra on an NVIDIA machine "
                    "(pip install 'upscaler[tensorrt]'); the ONNX file above is ready for trtexec or onnxruntime", 3)
-    console.print(f"engine: {result.plan}{' (cached)' if result.cached else ''}", highlight=False)
+    console.print(f"engine: {escape(printable(str(result.plan)))}{' (cached)' if result.cached else ''}", highlight=False)
 
 
 def _probe_pixels() -> np.ndarray:

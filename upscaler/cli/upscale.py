@@ -1,24 +1,53 @@
-"""`upscale dir` and `upscale image`: pictures through the engine, safely onto disk."""
+"""`upscale dir` and `upscale image`: pictures through the engine, safely onto disk (or a pipe)."""
 
 from __future__ import annotations
 
+import io
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
+from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, printable, warn
 from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, run_options
 from upscaler.cluster.ray_runner import ClusterRunner, cluster_runner
-from upscaler.engine.engine import open_engine
+from upscaler.engine.engine import Engine, open_engine
+from upscaler.engine.frames import FrameError
 from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
 from upscaler.engine.settings import RunSettings
-from upscaler.io.files import Job, discover, output_format, target_path
+from upscaler.io.files import (
+    Job,
+    clashes,
+    discover,
+    is_complete,
+    plan_jobs,
+    prepare_folder,
+    same_file,
+    write_atomically,
+)
+from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_picture, read_picture, read_picture_bytes
+
+STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
+
+
+def _open_engine(settings: RunSettings) -> Engine:
+    try:
+        return open_engine(settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _prepare_output(folder: Path, recursive: bool) -> None:
+    """OUT made and proven writable before a model is loaded or an image upscaled."""
+    try:
+        prepare_folder(folder, recursive)
+    except OSError as exc:
+        raise fail(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, cluster: str | None = None) -> None:
@@ -53,7 +82,7 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
         def report(outcome: Outcome) -> None:
             summary.add(outcome)
             if not outcome.ok:
-                progress.console.print(f"[red]error:[/] {escape(f'{outcome.job.source}: {outcome.error}')}", highlight=False, soft_wrap=True)
+                error(f"{outcome.job.source}: {outcome.error}")
             elapsed = time.perf_counter() - started
             progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
 
@@ -62,6 +91,7 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
                 report(outcome)
         except KeyboardInterrupt:
             interrupted = True
+            console.print("interrupted: finishing the images being written (Ctrl-C again to stop at once)", highlight=False)
         for outcome in runner.drain():
             report(outcome)
     summary.seconds = time.perf_counter() - started
@@ -75,7 +105,7 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
 
 def _print_summary(summary: Summary, model: str, backend: str = "") -> None:
     table = Table(title="upscale summary", show_header=False)
-    table.add_row("model", model)
+    table.add_row("model", printable(model))
     if backend:
         table.add_row("backend", backend)
     table.add_row("written", str(summary.done))
@@ -104,40 +134,100 @@ def upscale_dir(
     Outputs are written under a temporary name and renamed, so OUT never holds a partial file;
     a bad input is reported on one line and the rest goes on; the exit code is 1 if any failed.
     """
+    if out == STDIO:
+        raise fail("dir writes a folder; -o - (standard output) is for `upscale image`")
     if not in_dir.is_dir():
         raise fail(f"{in_dir}: not a folder")
-    sources = discover(in_dir, out, recursive)
+    if same_file(in_dir, out):
+        raise fail(f"{out}: OUT is the input folder itself; the outputs would replace the inputs; choose another -o")
     try:
-        jobs = [Job(src, target_path(src, in_dir, out, fmt), fmt) for src in sources for fmt in [output_format(src, format.value)]]
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+        found = discover(in_dir, out, recursive)
+    except OSError as exc:
+        raise fail(f"{in_dir}: cannot list the folder ({exc.strerror})") from None
+    for path, reason in found.passed_over:
+        warn(f"{path}: {reason}")
+    jobs = plan_jobs(found.sources, in_dir, out, format.value)
+    problems = clashes(jobs)
+    if problems:
+        for problem in problems[:-1]:
+            error(problem)
+        raise fail(problems[-1])
+    if not found.sources:
+        warn(f"no images found in {in_dir}")
+        return
+    _prepare_output(out, recursive)
     skipped: list[Path] = []
     if skip_existing_outputs:
         jobs, skipped = skip_existing(jobs)
-    if not sources:
-        console.print(f"[yellow]no images found in {in_dir}[/]")
     _run_batch(jobs, settings, len(skipped), cluster)
+
+
+def _file_format(out: Path, requested: OutputFormat) -> str:
+    """Pillow's format to write to the file `out`: its suffix must name one, and agree with --format."""
+    by_suffix = SUFFIX_FORMATS.get(out.suffix.lower())
+    if by_suffix is None:
+        known = ", ".join(sorted(SUFFIX_FORMATS))
+        raise fail(f"{out}: no image format has the suffix {out.suffix or '(none)'!r}; use one of {known}")
+    if requested is not OutputFormat.keep and FORMATS[requested.value] != by_suffix:
+        raise fail(f"{out}: the suffix says {by_suffix} but --format says {requested.value}; make them agree")
+    return by_suffix
 
 
 @app.command("image")
 @run_options
 def upscale_image(
-    source: Annotated[Path, typer.Argument(help="Image to upscale.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the format unless --format says otherwise.")],
+    source: Annotated[Path, typer.Argument(help="Image to upscale; - reads it from standard input.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output file (its suffix picks the format); - writes to standard output.")],
     settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
 ) -> None:
-    """Upscale one image."""
-    from upscaler.io.images import SUFFIX_FORMATS
-
-    if not source.is_file():
+    """Upscale one image; `upscale image - -o - --format png` works in a pipeline."""
+    if source != STDIO and not source.is_file():
         raise fail(f"{source}: no such file")
-    if format is not OutputFormat.keep:
-        fmt = output_format(source, format.value)
-    else:
-        fmt = SUFFIX_FORMATS.get(out.suffix.lower()) or SUFFIX_FORMATS.get(source.suffix.lower(), "PNG")
-    if skip_existing_outputs and out.exists():
+    if out == STDIO:
+        _run_piped(source, out, None if format is OutputFormat.keep else FORMATS[format.value], settings)
+        return
+    fmt = _file_format(out, format)
+    if same_file(source, out):
+        raise fail(f"{out}: is the input itself; write the result elsewhere")
+    if source == STDIO:
+        _run_piped(source, out, fmt, settings)
+        return
+    _prepare_output(out.parent, recursive=False)
+    if skip_existing_outputs and is_complete(out):
         _print_summary(Summary(skipped=1), settings.model)
         return
     _run_batch([Job(source, out, fmt)], settings, 0)
+
+
+def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:
+    """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
+    if source == STDIO and sys.stdin.isatty():
+        raise fail("standard input is a terminal; pipe an image in (upscale image - -o out.png < in.jpg)")
+    if out == STDIO and sys.stdout.isatty():
+        raise fail("standard output is a terminal; pipe it on or redirect it (upscale image in.png -o - > out.png)")
+    name = "standard input" if source == STDIO else str(source)
+    try:
+        picture = read_picture_bytes(sys.stdin.buffer.read()) if source == STDIO else read_picture(source)
+    except (PictureError, OSError) as exc:
+        raise fail(f"{name}: {exc}", EXIT_FAILED) from None
+    if out != STDIO:
+        _prepare_output(out.parent, recursive=False)
+    engine = _open_engine(settings)
+    started = time.perf_counter()
+    try:
+        result = engine.upscale(picture)
+    except FrameError as exc:
+        raise fail(f"{name}: {exc}", EXIT_FAILED) from None
+    fmt = fmt or picture.format
+    if out == STDIO:
+        encoded = io.BytesIO()  # seekable, as TIFF needs; a pipe is not
+        encode_picture(result, fmt, encoded)
+        sys.stdout.buffer.write(encoded.getvalue())
+        sys.stdout.buffer.flush()
+    else:
+        write_atomically(out, lambda stream: encode_picture(result, fmt, stream))
+    summary = Summary(done=1, input_pixels=picture.size[0] * picture.size[1], seconds=time.perf_counter() - started)
+    _print_summary(summary, engine.model.source, engine.description)
+

@@ -302,7 +302,8 @@ class ClusterRunner:
 
 
 def _absolute(job: Job) -> Job:
-    return Job(job.source.absolute(), job.target.absolute(), job.format)
+    return replace(job, source=job.source.absolute(), target=job.target.absolute(),
+                   root=None if job.root is None else job.root.absolute())
 
 
 def _shared_settings(settings: RunSettings) -> RunSettings:

@@ -93,7 +93,7 @@ def export_checked(loaded: LoadedModel, request: CompileRequest, path: Path, pho
     probe = probe_batch(request.shape, photo)
     reference = ByteIO(loaded.module, torch.float32, request.shape.layout).eval()
     with torch.no_grad():
-        expected = reference(torch.from_numpy(probe)).numpy()
+        expected = torch.as_tensor(reference(torch.from_numpy(probe))).numpy()
     return psnr(run_onnxruntime(path, probe), expected)
 
 

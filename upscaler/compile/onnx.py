@@ -3,7 +3,9 @@
 TensorRT 11 networks are strongly typed: the precision an engine runs in is the precision
 the ONNX graph declares, so an FP16 engine needs FP16 weights and casts in the file itself.
 Input and output are uint8 (NHWC or NCHW) with the scaling to [0,1], clamp and round in
-the graph, so only bytes cross the PCIe bus.
+the graph, so only bytes cross the PCIe bus. A second output, `bad`, flags per tile what the
+float result looked like before it was quantised (non-finite, or flat where the input is not),
+so the engine can recompute those tiles in fp32 although it only ever sees bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from upscaler.models.onnx_model import GraphIO
 
-INPUT_NAME, OUTPUT_NAME = "lr", "sr"
+INPUT_NAME, OUTPUT_NAME, FLAGS_NAME = "lr", "sr", "bad"
 OPSET = 17
 
 
@@ -41,30 +43,36 @@ class TileShape:
 
 
 class ByteIO(nn.Module):
-    """uint8 in, uint8 out: [0,255] -> model in `dtype` -> clamp, round -> uint8."""
+    """uint8 in, uint8 out: [0,255] -> model in `dtype` -> clamp, round -> uint8; with `flags`, also `bad`."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, layout: str) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, layout: str, flags: bool = False) -> None:
         super().__init__()
-        self.model, self.dtype, self.nhwc = model, dtype, layout == "nhwc"
+        self.model, self.dtype, self.nhwc, self.flags = model, dtype, layout == "nhwc", flags
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = pixels.permute(0, 3, 1, 2) if self.nhwc else pixels
         y = self.model(x.to(self.dtype) / 255)
-        y = (y.clamp(0, 1) * 255).round().to(torch.uint8)
-        return y.permute(0, 2, 3, 1) if self.nhwc else y
+        out = (y.clamp(0, 1) * 255).round().to(torch.uint8)
+        out = out.permute(0, 2, 3, 1) if self.nhwc else out
+        if not self.flags:
+            return out
+        y32, x32 = y.float().flatten(1), x.float().flatten(1)
+        nonfinite = torch.isnan(y32).any(dim=1) | torch.isinf(y32).any(dim=1)
+        flat = ((y32.amax(dim=1) - y32.amin(dim=1)) < 1 / 255) & ((x32.amax(dim=1) - x32.amin(dim=1)) > 4)
+        return out, (nonfinite | flat).to(torch.uint8)
 
 
 def export_onnx(model: nn.Module, shape: TileShape, precision: str, path: Path) -> None:
     """Write the graph atomically; `precision` is fp16 or fp32 and lives in the graph itself."""
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
-    wrapped = ByteIO(_copy_as(model, dtype), dtype, shape.layout).eval()
+    wrapped = ByteIO(_copy_as(model, dtype), dtype, shape.layout, flags=True).eval()
     example = torch.zeros(shape.input_shape(), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            wrapped, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            wrapped, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, FLAGS_NAME],
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
     tmp.replace(path)
@@ -83,11 +91,15 @@ def check_onnx(path: Path, shape: TileShape, scale: int) -> None:
 
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
-    (inp,), (out,) = graph.graph.input, graph.graph.output
-    for tensor, expected in ((inp, shape.input_shape()), (out, shape.output_shape(scale))):
+    (inp,), (out, *flags) = graph.graph.input, graph.graph.output
+    expected_io: list[tuple[Any, tuple[int, ...]]] = [(inp, shape.input_shape()), (out, shape.output_shape(scale))]
+    expected_io += [(flag, (shape.batch,)) for flag in flags]  # our own exports flag bad tiles; foreign graphs may not
+    for tensor, expected in expected_io:
         dims = tuple(d.dim_value for d in tensor.type.tensor_type.shape.dim)
         if tensor.type.tensor_type.elem_type != onnx.TensorProto.UINT8 or dims != expected:
             raise ValueError(f"{path}: {tensor.name} is not uint8{list(expected)}")
+    if flags and flags[0].name != FLAGS_NAME:
+        raise ValueError(f"{path}: second output {flags[0].name!r}, expected {FLAGS_NAME!r}")
 
 
 def run_onnxruntime(path: Path, pixels: np.ndarray) -> np.ndarray:

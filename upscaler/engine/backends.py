@@ -7,6 +7,7 @@ converted in place, so the fp32 fallback really is fp32 and `eval --record` save
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 
@@ -85,7 +86,8 @@ def open_runner(plan: RunPlan, model: LoadedModel) -> ModelRunner:
     else:
         run = TorchRunner(model.module, plan.device, plan.dtype, plan.cuda_graphs, plan.compile)
 
-    def fp32() -> Runner:
+    @functools.cache
+    def fp32() -> Runner:  # one fp32 copy, however many runners fall back to it
         return TorchRunner(model.module, plan.device, torch.float32)
 
     return ModelRunner(run, plan.dtype, fp32 if plan.dtype != torch.float32 else None)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from upscaler.engine.backends import open_runner
-from upscaler.engine.frames import Frame, FrameUpscaler
+from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
 from upscaler.engine.plan import RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture
@@ -57,27 +57,28 @@ class Engine:
         first = next(frames, None)
         if first is None:
             return
-        upscale = self._for_frames(first.shape[0], first.shape[1])
-        pending: deque[tuple[torch.Tensor, torch.cuda.Event | None]] = deque()
-        depth = self.plan.streams if self.plan.device.type == "cuda" else 1
-        for index, frame in enumerate(_chain(first, frames)):
-            if len(pending) == depth:
-                yield _finish(*pending.popleft())
-            pending.append(self._launch(upscale, frame, index % depth))
-        while pending:
-            yield _finish(*pending.popleft())
-
-    def _for_frames(self, height: int, width: int) -> FrameUpscaler:
         tiles: TilePlan = self.plan.tiles.for_frames()
-        if tiles == self.plan.tiles:
-            return self.frames
-        return FrameUpscaler(self.frames.runner, self.frames.scale, self.frames.out_scale, self.frames.batch,
-                             tiles.static_shape, tiles.grid)
-
-    def _launch(self, upscale: FrameUpscaler, frame: np.ndarray, slot: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """Queue one frame (upload, tiles, download) on its slot's stream; returns the host tensor and its event."""
         if self.plan.device.type != "cuda":
-            return upscale(Frame(torch.from_numpy(frame))).color, None
+            upscale = self._frames_with(tiles, self.frames.runner)
+            yield upscale(Frame(torch.from_numpy(first))).color.numpy()
+            for frame in frames:
+                yield upscale(Frame(torch.from_numpy(frame))).color.numpy()
+            return
+        upscale = self._frames_with(tiles, replace(self.frames.runner, deferred=True))
+        pending: deque[_InFlight] = deque()
+        for index, frame in enumerate(_chain(first, frames)):
+            if len(pending) == self.plan.streams:
+                yield self._finish(pending.popleft(), tiles)
+            pending.append(self._launch(upscale, frame, index % self.plan.streams))
+        while pending:
+            yield self._finish(pending.popleft(), tiles)
+
+    def _frames_with(self, tiles: TilePlan, runner: ModelRunner) -> FrameUpscaler:
+        return FrameUpscaler(runner, self.frames.scale, self.frames.out_scale, self.frames.batch, tiles.static_shape,
+                             tiles.grid)
+
+    def _launch(self, upscale: FrameUpscaler, frame: np.ndarray, slot: int) -> _InFlight:
+        """Queue one frame (upload, tiles, check, download) on its slot's stream; nothing here waits for the GPU."""
         if not self._streams:
             self._streams = [torch.cuda.Stream(self.plan.device) for _ in range(self.plan.streams)]
         stream = self._streams[slot]
@@ -86,20 +87,34 @@ class Engine:
             out = upscale(Frame(host_in.to(self.plan.device, non_blocking=True))).color
             host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host_out.copy_(out, non_blocking=True)
+            verdict = upscale.runner.take_verdict()
+            suspect = torch.zeros((), dtype=torch.bool, pin_memory=True)
+            if verdict is not None:
+                suspect.copy_(verdict, non_blocking=True)
             done = torch.cuda.Event()
             done.record(stream)
-        return host_out, done
+        return _InFlight(frame, host_out, suspect, done)
+
+    def _finish(self, flight: _InFlight, tiles: TilePlan) -> np.ndarray:
+        """Wait for a frame; one that failed the reduced-precision check is redone with tiles checked one by one."""
+        flight.done.synchronize()
+        if not bool(flight.suspect):
+            return flight.host.numpy()
+        redo = self._frames_with(tiles, self.frames.runner.checked())
+        return redo(Frame(torch.from_numpy(flight.frame).to(self.plan.device))).color.cpu().numpy()
+
+
+@dataclass
+class _InFlight:
+    frame: np.ndarray
+    host: torch.Tensor  # pinned, filled by the download
+    suspect: torch.Tensor  # pinned bool: the device's verdict on the check
+    done: torch.cuda.Event
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     yield first
     yield from rest
-
-
-def _finish(host: torch.Tensor, done: torch.cuda.Event | None) -> np.ndarray:
-    if done is not None:
-        done.synchronize()
-    return host.numpy()
 
 
 def _to_device(pixels: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -35,19 +35,38 @@ def max_value(dtype: torch.dtype) -> int:
 
 @dataclass
 class ModelRunner:
-    """The model in its planned precision, with an fp32 model for tiles reduced precision got wrong."""
+    """The model in its planned precision, with an fp32 model for tiles reduced precision got wrong.
+
+    With `deferred` (frames streamed on CUDA) nothing waits for the GPU: the check's verdict is
+    collected on the device (`take_verdict`) and the caller redoes the rare frame that failed it,
+    since asking the host whether a tile is bad would stall the stream after every batch.
+    """
 
     run: Runner
     dtype: torch.dtype
     fallback: Callable[[], Runner] | None  # builds the fp32 runner on first use
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         self._fp32: Runner | None = None
+        self._verdicts: list[torch.Tensor] = []
+
+    def checked(self) -> ModelRunner:
+        """The same model and fallback, checking every batch as it comes."""
+        return ModelRunner(self.run, self.dtype, self.fallback)
+
+    def take_verdict(self) -> torch.Tensor | None:
+        """A device bool: did any batch since the last call fail its check? (deferred mode)"""
+        verdicts, self._verdicts = self._verdicts, []
+        return torch.stack(verdicts).any() if verdicts else None
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """float32 tiles in [0,1] -> float32 outputs, every one of them finite."""
+        """float32 tiles in [0,1] -> float32 outputs, every one of them finite (unless deferred)."""
         out = self.run(tiles.to(self.dtype)).float()
         bad = _untrustworthy(tiles, out, reduced=self.dtype != torch.float32)
+        if self.deferred:
+            self._verdicts.append(bad.any())
+            return out
         if not bool(bad.any()):
             return out
         if self.fallback is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upscaler.engine.frames import FrameError
-from upscaler.io.files import Job, write_atomically
+from upscaler.io.files import Job, is_complete, write_atomically
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 
 Upscale = Callable[[Picture], Picture]
@@ -32,7 +32,7 @@ class Outcome:
 
 
 def _write(job: Job, picture: Picture) -> None:
-    write_atomically(job.target, lambda tmp: encode_picture(picture, job.format, tmp))
+    write_atomically(job.target, lambda stream: encode_picture(picture, job.format, stream), job.root)
 
 
 def _describe(exc: BaseException) -> str:
@@ -169,9 +169,13 @@ class Summary:
 
 
 def skip_existing(jobs: list[Job]) -> tuple[list[Job], list[Path]]:
-    """Split into jobs still to do and targets already on disk (complete, thanks to atomic writes)."""
+    """Split into jobs still to do and targets already complete on disk.
+
+    An empty or cut-short file under an output name (another program's, or one written before
+    writes were synced) is not done: it is redone.
+    """
     todo: list[Job] = []
     present: list[Job] = []
     for job in jobs:
-        (present if job.target.exists() else todo).append(job)
+        (present if is_complete(job.target) else todo).append(job)
     return todo, [job.target for job in present]

@@ -16,7 +16,8 @@ def open_tensorrt_runner(plan: RunPlan, model: LoadedModel) -> Runner:
     """Build (or take from the cache) the engine for the plan's static tile and wrap it as a Runner.
 
     The engine's graph has uint8 NHWC I/O (see compile/onnx.py), so float tiles are quantised
-    on the device before it and widened after it.
+    on the device before it and widened after it. Tiles the graph flagged as bad before its own
+    quantisation come back as NaN, which `ModelRunner` recomputes with the fp32 torch model.
     """
     from upscaler.compile.trt.cache import EngineCache
     from upscaler.compile.trt.runtime import TensorRTExecutor
@@ -27,19 +28,22 @@ def open_tensorrt_runner(plan: RunPlan, model: LoadedModel) -> Runner:
     result = compile_model(model, request, plan.device, np.zeros((8, 8, 3), np.uint8))
     assert result.plan is not None
     executor = TensorRTExecutor(EngineCache(plan.engines).read_plan(result.plan), plan.cuda_graphs)
-    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    buffers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def run(tiles: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.current_stream(plan.device)
         if stream.cuda_stream not in buffers:
             slot_in = torch.empty(shape.input_shape(), dtype=torch.uint8, device=plan.device)
             slot_out = torch.empty(shape.output_shape(plan.scale), dtype=torch.uint8, device=plan.device)
-            executor.bind([slot_in], [slot_out], [stream])
-            buffers[stream.cuda_stream] = (slot_in, slot_out)
-        slot_in, slot_out = buffers[stream.cuda_stream]
+            flags = torch.zeros(shape.batch, dtype=torch.uint8, device=plan.device)
+            executor.bind([slot_in], [slot_out], [stream], [flags])
+            buffers[stream.cuda_stream] = (slot_in, slot_out, flags)
+        slot_in, slot_out, flags = buffers[stream.cuda_stream]
         slot = list(buffers).index(stream.cuda_stream)
         slot_in.copy_((tiles.float().clamp(0, 1) * 255).round_().permute(0, 2, 3, 1))
         executor.launch(slot, stream)
-        return slot_out.permute(0, 3, 1, 2).float() / 255
+        out = slot_out.permute(0, 3, 1, 2).float() / 255
+        out[flags.bool()] = float("nan")
+        return out
 
     return run

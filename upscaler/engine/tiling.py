@@ -18,6 +18,7 @@ weights are kept: a stored 2-D window per tile would grow with the image.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,13 +100,13 @@ def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multi
     full_h, full_w = _round_up(height, multiple), _round_up(width, multiple)
     best: tuple[int, int, int, int, int] | None = None  # computed pixels, rows, cols, tile_h, tile_w
     for rows in range(1, 65):
-        tile_h = _round_up(math.ceil((full_h + (rows - 1) * overlap) / rows), multiple)
+        tile_h = _even_tile(full_h, rows, overlap, multiple)
         if rows > 1 and (tile_h <= 2 * overlap or tile_h > full_h):
             break
         if max_band_pixels is not None and tile_h * full_w > max_band_pixels and rows < 64:
             continue
         for cols in range(1, 65):
-            tile_w = _round_up(math.ceil((full_w + (cols - 1) * overlap) / cols), multiple)
+            tile_w = _even_tile(full_w, cols, overlap, multiple)
             if cols > 1 and (tile_w <= 2 * overlap or tile_w > full_w):
                 break
             if tile_h * tile_w <= max_tile_pixels:
@@ -118,6 +119,14 @@ def even_grid(height: int, width: int, max_tile_pixels: int, overlap: int, multi
     _, rows, cols, tile_h, tile_w = best
     return TileGrid(full_h, full_w, tile_h, tile_w, even_starts(full_h, tile_h, rows, multiple),
                     even_starts(full_w, tile_w, cols, multiple), overlap)
+
+
+def _even_tile(length: int, count: int, overlap: int, multiple: int) -> int:
+    """The smallest tile (a multiple of `multiple`) whose `count` even origins overlap by at least `overlap`."""
+    tile = _round_up(math.ceil((length + (count - 1) * overlap) / count), multiple)
+    while count > 1 and tile < length and max(b - a for a, b in itertools.pairwise(even_starts(length, tile, count, multiple))) > tile - overlap:
+        tile += multiple  # origins rounded to multiples can open a gap wider than the step
+    return tile
 
 
 def check_overlap(tile: int, overlap: int) -> None:

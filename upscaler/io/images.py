@@ -9,10 +9,12 @@ to 8 bits, goes through the ffmpeg binary that imageio-ffmpeg ships.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import imageio_ffmpeg
 import numpy as np
@@ -61,23 +63,39 @@ class Picture:
 def read_picture(path: Path) -> Picture:
     if path.stat().st_size == 0:
         raise PictureError("empty file")
+    return _read(path)
+
+
+def read_picture_bytes(data: bytes) -> Picture:
+    """A picture from a whole file's bytes (standard input)."""
+    if not data:
+        raise PictureError("empty input")
+    return _read(io.BytesIO(data))
+
+
+def _read(source: Path | io.BytesIO) -> Picture:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return _decode(img, path)
+            with Image.open(source) as img:
+                return _decode(img, source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PictureError(f"refused by the decompression-bomb guard: {exc}") from None
     except UnidentifiedImageError:
         raise PictureError("not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the system refused (permission, I/O error): the file may be fine
+            raise PictureError(f"unreadable ({exc.strerror})") from None
+        raise PictureError(f"corrupt or truncated image ({exc})") from None
+    except (SyntaxError, ValueError) as exc:
         raise PictureError(f"corrupt or truncated image ({exc})") from None
 
 
-def _decode(img: Image.Image, path: Path) -> Picture:
+def _decode(img: Image.Image, source: Path | io.BytesIO) -> Picture:
     fmt = img.format or ""
     if fmt not in SUFFIXES:
         raise PictureError(f"unsupported image format {fmt or 'unknown'}")
+    _refuse_frames(img)
     tiles = getattr(img, "tile", None)  # read first: getexif() may load and clear tiles
     raw_mode = tiles[0][3] if tiles else ""
     raw_mode = raw_mode[0] if isinstance(raw_mode, tuple) else raw_mode
@@ -87,7 +105,7 @@ def _decode(img: Image.Image, path: Path) -> Picture:
     icc = img.info.get("icc_profile") if img.mode != "CMYK" else None
     layout = str(raw_mode).split(";")[0]
     if layout in _SIXTEEN_BIT_LAYOUTS and ";16" in str(raw_mode):
-        pixels = _decode_16bit_rgb(path, img.size, layout)
+        pixels = _decode_16bit_rgb(source, fmt, img.size, layout)
     else:
         img.load()
         pixels = _pillow_pixels(img)
@@ -115,10 +133,22 @@ def _pillow_pixels(img: Image.Image) -> np.ndarray:
     return np.array(target, dtype=np.uint8)  # writable: torch tensors are made from it without a copy
 
 
-def _decode_16bit_rgb(path: Path, size: tuple[int, int], layout: str) -> np.ndarray:
-    """16-bit RGB, RGBA or gray+alpha, which Pillow would reduce to 8 bits."""
+def _refuse_frames(img: Image.Image) -> None:
+    """Animated PNG/WebP and multi-page TIFF fail whole: upscaling the first frame alone would lose the rest."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise PictureError(f"{frames} frames (animated or multi-page {img.format}); only single-frame images are upscaled")
+
+
+def _decode_16bit_rgb(source: Path | io.BytesIO, fmt: str, size: tuple[int, int], layout: str) -> np.ndarray:
+    """16-bit RGB, RGBA or gray+alpha, which Pillow would reduce to 8 bits.
+
+    ffmpeg reads the file's bytes from a pipe, as one packet: a path is never parsed (`%d` is a pattern to it).
+    """
+    data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
     pix_fmt, channels = _SIXTEEN_BIT_LAYOUTS[layout]
-    out = _ffmpeg(["-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], b"")
+    whole = ["-f", "image2pipe", "-frame_size", str(len(data)), "-c:v", fmt.lower(), "-i", "-"]
+    out = _ffmpeg([*whole, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], data)
     width, height = size
     expected = width * height * channels * 2
     if len(out) != expected:
@@ -144,8 +174,8 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def encode_picture(picture: Picture, fmt: str, path: Path) -> None:
-    """Write `picture` as `fmt` to `path` (the caller makes that a temporary name)."""
+def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
+    """Write `picture` as `fmt` to `path` or a seekable binary stream (the caller makes that a temporary file)."""
     if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
         picture = _to_8bit(picture)
     if fmt == "JPEG" and picture.alpha is not None:
@@ -213,23 +243,32 @@ def _flatten_on_white(picture: Picture) -> Picture:
     return replace(picture, color=color.astype(np.uint8), alpha=None)
 
 
-def _write_16bit_tiff(picture: Picture, path: Path) -> None:
-    """16-bit RGB(A) TIFF, which Pillow cannot write; 16-bit gray with alpha becomes RGBA."""
+def _write_16bit_tiff(picture: Picture, path: Path | BinaryIO) -> None:
+    """16-bit RGB(A) TIFF, which Pillow cannot write; 16-bit gray with alpha becomes RGBA.
+
+    ffmpeg writes to a pipe, never to a path it would parse as a pattern.
+    """
     color = picture.color if picture.color.ndim == 3 else np.dstack([picture.color] * 3)
     planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
     data = np.dstack(planes).astype(">u2")
     height, width, channels = data.shape
     pix_fmt, out_fmt = ("rgba64be", "rgba64le") if channels == 4 else ("rgb48be", "rgb48le")
-    codec = ["-f", "image2", "-c:v", "tiff", "-pix_fmt", out_fmt]
-    _ffmpeg(
-        ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-y", str(path)],
+    codec = ["-f", "image2pipe", "-c:v", "tiff", "-pix_fmt", out_fmt]
+    encoded = _ffmpeg(
+        ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-"],
         data.tobytes(),
     )
+    if isinstance(path, Path):
+        path.write_bytes(encoded)
+    else:
+        path.write(encoded)
 
 
 def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
     exe = imageio_ffmpeg.get_ffmpeg_exe()
-    result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True, check=False)
+    # A session of its own: a Ctrl-C at the terminal stops the run between files, not an encode in flight.
+    result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True, check=False,
+                            start_new_session=True)
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip().splitlines()
         raise PictureError(f"ffmpeg failed: {message[-1] if message else result.returncode}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -26,9 +28,9 @@ def chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def write_png(path: Path, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
+def write_png(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
               exif: bytes | None = None) -> None:
-    """Write HxW or HxWx3 `color` (uint8 or uint16) with an optional HxW `alpha` of the same type."""
+    """Write HxW or HxWx3 `color` (uint8 or uint16) with an optional HxW `alpha` of the same type to a file or stream."""
     height, width = color.shape[:2]
     rgb = color.ndim == 3
     bits = 16 if color.dtype == np.uint16 else 8
@@ -37,7 +39,7 @@ def write_png(path: Path, color: np.ndarray, alpha: np.ndarray | None = None, ic
     row_bytes = width * channels * bits // 8
     strip = max(1, _STRIP_BYTES // max(row_bytes, 1))
     compressor = zlib.compressobj(LEVEL)
-    with open(path, "wb") as out:
+    with open(path, "wb") if isinstance(path, Path) else nullcontext(path) as out:
         out.write(_SIGNATURE + chunk(b"IHDR", header))
         if icc:
             out.write(chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))

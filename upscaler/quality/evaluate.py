@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from upscaler.io.files import write_atomically
 from upscaler.io.images import Picture, PictureError, read_picture
@@ -127,4 +127,4 @@ def record_scores(source: Path, target: Path, scores: dict[str, Any]) -> None:
         metadata = dict(handle.metadata() or {})
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     metadata["scores"] = json.dumps({**json.loads(metadata.get("scores") or "{}"), **scores})
-    write_atomically(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_atomically(target, lambda stream: stream.write(save(tensors, metadata=metadata)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorrt as trt
 import torch
 
-from upscaler.compile.onnx import INPUT_NAME, OUTPUT_NAME
+from upscaler.compile.onnx import FLAGS_NAME, INPUT_NAME, OUTPUT_NAME
 
 
 class TensorRTExecutor:
@@ -24,8 +24,9 @@ class TensorRTExecutor:
         if self.engine is None:
             raise RuntimeError("TensorRT could not deserialize the plan (built for another GPU or version?)")
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != {INPUT_NAME, OUTPUT_NAME}:
-            raise RuntimeError(f"engine has tensors {sorted(names)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}")
+        if names - {FLAGS_NAME} != {INPUT_NAME, OUTPUT_NAME}:
+            raise RuntimeError(f"engine has tensors {sorted(names)}, expected {INPUT_NAME!r}, {OUTPUT_NAME!r} (and {FLAGS_NAME!r})")
+        self.has_flags = FLAGS_NAME in names  # engines built from foreign ONNX graphs have no bad-tile flags
         if self.engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
             raise RuntimeError(f"engine tensor {INPUT_NAME!r} is not an input")
         self.contexts: list[trt.IExecutionContext] = []
@@ -34,15 +35,20 @@ class TensorRTExecutor:
         dims = self.engine.get_tensor_shape(INPUT_NAME)
         return tuple(dims[i] for i in range(len(dims)))
 
-    def bind(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], streams: list[torch.cuda.Stream]) -> None:
-        """Adds one context per (input, output, stream); later calls add slots after the earlier ones."""
+    def bind(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], streams: list[torch.cuda.Stream],
+             flags: list[torch.Tensor] | None = None) -> None:
+        """Adds one context per (input, output, stream[, flags]); later calls add slots after the earlier ones."""
         first = len(self.contexts)
-        for device_in, device_out in zip(inputs, outputs):
+        for index, (device_in, device_out) in enumerate(zip(inputs, outputs)):
             if tuple(device_in.shape) != self.input_shape():
                 raise RuntimeError(f"staging shape {tuple(device_in.shape)} but engine input {self.input_shape()}")
             context = self.engine.create_execution_context()
             context.set_tensor_address(INPUT_NAME, device_in.data_ptr())
             context.set_tensor_address(OUTPUT_NAME, device_out.data_ptr())
+            if self.has_flags:
+                if flags is None:
+                    raise RuntimeError(f"the engine has a {FLAGS_NAME!r} output: bind a flags buffer for it")
+                context.set_tensor_address(FLAGS_NAME, flags[index].data_ptr())
             self.contexts.append(context)
         if self.cuda_graphs:
             for slot, stream in enumerate(streams, start=first):

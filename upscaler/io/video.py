@@ -1,0 +1,663 @@
+"""Video files through the engine with PyAV: decode, encode, copy every other stream, resume.
+
+The picture stream is decoded, upscaled and encoded; every audio, subtitle and attachment stream
+is copied packet for packet. Frames keep their own timestamps and durations (variable frame rate
+stays variable), the colour tags, rotation and HDR mastering data are carried over, and 10-bit
+stays 10-bit.
+
+The encoded picture is kept in segments cut at the source's keyframes, each in a hidden work
+folder beside OUT and each written under a temporary name and renamed when complete. After
+Ctrl-C, SIGKILL or a crash, the same command decodes from the first missing segment on; the
+final file is muxed from the segments and the source's other streams under a temporary name and
+renamed to OUT only when complete. Segments are encoded by fresh, identically configured encoders,
+so the frames are the same however many times the work was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import av
+import av.error
+import numpy as np
+from av.codec.context import Flags
+from av.sidedata.sidedata import SideData
+from av.sidedata.sidedata import Type as SideDataType
+from av.video.codeccontext import VideoCodecContext
+from av.video.stream import VideoStream
+
+from upscaler.io.colour import ColourTags, Converter, bit_depth, yuv_layout
+from upscaler.io.files import write_atomically
+from upscaler.io.stages import Stages
+
+DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
+DEFAULT_SEGMENT_S = 10.0
+_NOPTS = -(2**63)
+_RECORD = struct.Struct("<qqqiI")  # pts, dts, duration, keyframe, size
+_PACKETS_MAGIC = b"UPSCALE-PACKETS-1\n"
+_MANIFEST = "manifest.json"
+_HIDDEN = ".upscale-"  # the work folder and the segment being written hide beside OUT
+
+
+class VideoError(ValueError):
+    """A video this command cannot read or write; the message names the file and the cause."""
+
+
+# --- what the source is ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    path: Path
+    stream_index: int
+    width: int
+    height: int
+    pix_fmt: str
+    time_base: Fraction
+    rate: Fraction
+    frames_estimate: int
+    tags: ColourTags
+    display_matrix: tuple[int, ...] | None
+    hdr: HdrMetadata | None
+    sample_aspect_ratio: Fraction | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bits(self) -> int:
+        return bit_depth(self.pix_fmt)
+
+
+@dataclass(frozen=True)
+class HdrMetadata:
+    """Mastering display (chromaticities in 1/50000, luminance in 1/10000 cd/m2) and content light levels."""
+
+    primaries: tuple[int, ...] | None  # R x,y  G x,y  B x,y  white x,y
+    luminance: tuple[int, int] | None  # max, min
+    max_cll: int | None = None
+    max_fall: int | None = None
+
+    def x26x_params(self) -> list[str]:
+        """The same data as x264/x265 take it (`mastering-display=G(..)B(..)R(..)WP(..)L(..)`, `max-cll`)."""
+        params = []
+        if self.primaries is not None and self.luminance is not None:
+            r, g, b, w = (self.primaries[i:i + 2] for i in range(0, 8, 2))
+            params.append("master-display=" + "".join(f"{k}({x},{y})" for k, (x, y) in zip("GBR", (g, b, r), strict=True))
+                          + f"WP({w[0]},{w[1]})L({self.luminance[0]},{self.luminance[1]})")
+        if self.max_cll is not None:
+            params.append(f"max-cll={self.max_cll},{self.max_fall}")
+        return params
+
+    def svtav1_params(self) -> list[str]:
+        """The same for SVT-AV1, which takes chromaticities and luminance as decimals."""
+        params = []
+        if self.primaries is not None and self.luminance is not None:
+            r, g, b, w = ((x / 50000, y / 50000) for x, y in zip(self.primaries[::2], self.primaries[1::2], strict=True))
+            params.append("mastering-display=" + "".join(f"{k}({x:.4f},{y:.4f})" for k, (x, y) in zip("GBR", (g, b, r), strict=True))
+                          + f"WP({w[0]:.4f},{w[1]:.4f})L({self.luminance[0] / 10000:.4f},{self.luminance[1] / 10000:.4f})")
+        if self.max_cll is not None:
+            params.append(f"content-light={self.max_cll},{self.max_fall}")
+        return params
+
+
+def _q(num: int, den: int, unit: int) -> int:
+    return round(num * unit / den) if den else 0
+
+
+def _hdr_from_frame(frame: av.VideoFrame) -> HdrMetadata | None:
+    primaries = luminance = None
+    cll: tuple[int, int] | None = None
+    for data in _side_data(frame):
+        raw = _side_data_bytes(data)
+        if data.type == SideDataType.MASTERING_DISPLAY_METADATA and len(raw) >= 88:
+            v = struct.unpack_from("<22i", raw)
+            has_primaries, has_luminance = v[20], v[21]
+            if has_primaries:
+                primaries = tuple(_q(v[i], v[i + 1], 50000) for i in range(0, 16, 2))
+            if has_luminance:
+                luminance = (_q(v[18], v[19], 10000), _q(v[16], v[17], 10000))
+        elif data.type == SideDataType.CONTENT_LIGHT_LEVEL and len(raw) >= 8:
+            cll = struct.unpack_from("<2I", raw)
+    if primaries is None and cll is None:
+        return None
+    return HdrMetadata(primaries, luminance, *(cll or (None, None)))
+
+
+def _side_data(frame: av.VideoFrame) -> list[SideData]:
+    return list(cast(Iterable[SideData], frame.side_data))  # the stubs type the container as one item
+
+
+def _side_data_bytes(data: SideData) -> bytes:
+    return bytes(memoryview(data))  # type: ignore[arg-type]  # the stubs miss SideData's buffer protocol
+
+
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    for data in _side_data(frame):
+        if data.type == SideDataType.DISPLAYMATRIX:
+            return struct.unpack_from("<9i", _side_data_bytes(data))
+    return None
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except FileNotFoundError:
+        raise VideoError(f"{path}: no such file") from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{path}: not a video FFmpeg can read ({_cause(exc)})") from None
+
+
+def _cause(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _picture_stream(container: av.container.InputContainer, path: Path) -> VideoStream:
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise VideoError(f"{path}: has no video stream")
+
+
+def probe(path: Path) -> SourceVideo:
+    """What the video stream is, read from its header and its first frame (side data lives there)."""
+    with _open_input(path) as container:
+        stream = _picture_stream(container, path)
+        ctx = stream.codec_context
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: cannot decode its video ({_cause(exc)})") from None
+        if first is None:
+            raise VideoError(f"{path}: its video stream has no frames")
+        time_base = stream.time_base or Fraction(1, 1000)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        estimate = stream.frames or (round(float(stream.duration * time_base * rate)) if stream.duration else 0)
+        if not estimate and container.duration:
+            estimate = round(container.duration / av.time_base * float(rate))
+        tags = ColourTags(first.color_range or ctx.color_range, first.colorspace or ctx.colorspace,
+                          ctx.color_primaries, ctx.color_trc)
+        keep = {k: v for k, v in stream.metadata.items() if k.lower() in {"language", "title", "handler_name"}}
+        return SourceVideo(path, stream.index, first.width, first.height, first.format.name, time_base, rate,
+                           estimate, tags, _display_matrix(first), _hdr_from_frame(first),
+                           stream.sample_aspect_ratio, keep)
+
+
+# --- how the result is encoded --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str
+    pix_fmt: str
+    options: dict[str, str]
+    container: str  # FFmpeg's name of OUT's format, picked by OUT's suffix
+    global_header: bool  # the container wants stream headers apart (mkv, mp4), so the encoders must too
+
+    def open(self, source: SourceVideo, width: int, height: int) -> VideoCodecContext:
+        """A fresh encoder: every segment gets one, configured identically."""
+        ctx = cast(VideoCodecContext, av.CodecContext.create(self.codec, "w"))
+        _configure(ctx, self, source, width, height)
+        if self.global_header:
+            ctx.flags |= Flags.global_header
+        ctx.open()
+        return ctx
+
+    def check(self, source: SourceVideo, width: int, height: int) -> None:
+        """Open the encoder once before any work, so a bad --preset or a missing GPU encoder is a usage error."""
+        try:
+            self.open(source, width, height)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise VideoError(f"{self.codec} does not start with these settings ({_cause(exc)}); "
+                             "check --codec, --preset, --crf and --pix-fmt") from None
+
+
+def _configure(ctx: VideoCodecContext, settings: EncodeSettings, source: SourceVideo,
+               width: int, height: int) -> None:
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
+    ctx.time_base = source.time_base
+    ctx.framerate = source.rate
+    ctx.color_range = source.tags.range
+    ctx.colorspace = source.tags.matrix
+    ctx.color_primaries = source.tags.primaries
+    ctx.color_trc = source.tags.transfer
+    if source.sample_aspect_ratio:
+        ctx.sample_aspect_ratio = source.sample_aspect_ratio
+    ctx.options = dict(settings.options)
+
+
+def encoder_available(codec: str) -> bool:
+    try:
+        av.Codec(codec, "w")
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def _encoder_opens(codec: str) -> bool:
+    """Whether the encoder starts here: the wheel may have NVENC where the GPU has none (an H100 has none)."""
+    try:
+        ctx = cast(VideoCodecContext, av.CodecContext.create(codec, "w"))
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+        ctx.open()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def choose_codec(requested: str, bits: int, cuda: bool) -> str:
+    """`auto`: NVENC where the wheel has it and it opens on this GPU, else x264 (8-bit) or x265 (deeper)."""
+    if requested != "auto":
+        if not encoder_available(requested):
+            raise VideoError(f"--codec {requested}: this FFmpeg build has no such encoder")
+        return requested
+    preferred = ("hevc_nvenc" if bits > 8 else "h264_nvenc") if cuda else None
+    if preferred and encoder_available(preferred) and _encoder_opens(preferred):
+        return preferred
+    return "libx265" if bits > 8 else "libx264"
+
+
+def default_pix_fmt(source_pix_fmt: str, codec: str) -> str:
+    """The source's chroma family and depth (8 or 10 bit) in a format the encoder takes."""
+    layout = yuv_layout(source_pix_fmt)
+    family = {(2, 2): "420", (2, 1): "422", (1, 1): "444"}.get((layout.chroma_w, layout.chroma_h), "420") if layout else "420"
+    if not layout and av.VideoFormat(source_pix_fmt).is_rgb:
+        family = "444"
+    deep = bit_depth(source_pix_fmt) > 8
+    wanted = f"yuv{family}p" + ("10le" if deep else "")
+    supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
+    if not supported:
+        return wanted
+    # Depth before chroma: NVENC takes 10-bit 4:2:0 only as p010le, and 8-bit would band.
+    fallbacks = ("yuv420p10le", "p010le", f"yuv{family}p", "yuv420p") if deep else (f"yuv{family}p", "yuv420p")
+    return next((c for c in (wanted, *fallbacks) if c in supported), supported[0])
+
+
+def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: str, hdr: HdrMetadata | None,
+                    out: Path) -> EncodeSettings:
+    options: dict[str, str] = {}
+    if codec in DEFAULT_CRF:
+        quality = str(crf if crf is not None else DEFAULT_CRF[codec])
+        options["cq" if codec.endswith("_nvenc") else "crf"] = quality
+    if preset is not None:
+        options["preset"] = preset
+    if codec == "libx265":
+        options["x265-params"] = ":".join(["log-level=error", *(hdr.x26x_params() if hdr else [])])
+    elif codec == "libx264" and hdr:
+        options["x264-params"] = ":".join(p.replace("master-display", "mastering-display").replace("max-cll", "cll")
+                                          for p in hdr.x26x_params())
+    elif codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # errors only: its banner is not ours to print
+        if hdr:
+            options["svtav1-params"] = ":".join(hdr.svtav1_params())
+    supported = [f.name for f in av.Codec(codec, "w").video_formats or []]
+    if supported and pix_fmt not in supported:
+        raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it")
+    with _open_output(out) as probe_out:
+        global_header = bool(probe_out.format.flags & cast(int, av.format.Flags.global_header.value))
+        return EncodeSettings(codec, pix_fmt, options, probe_out.format.name, global_header)
+
+
+def _open_output(out: Path, target: BinaryIO | None = None, container: str | None = None) -> av.container.OutputContainer:
+    """An output container (into `target`, a file being written, when given); nothing is written until its header is."""
+    try:
+        return av.open(target if target is not None else str(out), "w", format=container)
+    except ValueError:
+        raise VideoError(f"{out}: FFmpeg has no container for {out.suffix or 'a name without a suffix'}; "
+                         "use .mkv, .mp4, .mov or .webm") from None
+
+
+# --- the work folder ------------------------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    first_pts: int
+    frames: int
+    next_pts: int | None  # first frame of the next segment; None: this one ends the video
+
+
+class WorkFolder:
+    """Hidden folder beside OUT: a manifest of complete segments and their packet files."""
+
+    def __init__(self, out: Path, key: dict[str, object]) -> None:
+        self.path = out.with_name(f"{_HIDDEN}work-{out.name}")
+        self.key = key
+        self.segments: list[Segment] = []
+        self.extradata: bytes | None = None
+
+    def load(self) -> bool:
+        """Pick up a previous run's segments if it was the same job; False if starting afresh."""
+        try:
+            manifest = json.loads((self.path / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not manifest or manifest.get("key") != self.key:
+            self.clear()
+            return False
+        for leftover in self.path.glob(f"{_HIDDEN}*"):  # a segment a killed run was writing
+            leftover.unlink()
+        self.segments = _complete_prefix(self.path, [Segment(**s) for s in manifest["segments"]])
+        extradata = manifest.get("extradata")
+        self.extradata = bytes.fromhex(extradata) if extradata is not None else None
+        return bool(self.segments)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        self.segments = []
+        self._save()
+
+    @property
+    def done(self) -> bool:
+        return bool(self.segments) and self.segments[-1].next_pts is None
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.segments)
+
+    def segment_path(self, index: int) -> Path:
+        return self.path / _segment_name(index)
+
+    def add(self, segment: Segment, extradata: bytes | None) -> None:
+        self.segments.append(segment)
+        self.extradata = extradata
+        self._save()
+
+    def _save(self) -> None:
+        manifest = {"key": self.key, "segments": [asdict(s) for s in self.segments],
+                    "extradata": None if self.extradata is None else self.extradata.hex()}
+        text = json.dumps(manifest, indent=1)
+        write_atomically(self.path / _MANIFEST, lambda tmp: _write_text(tmp, text))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_text(stream: BinaryIO, text: str) -> None:
+    stream.write(text.encode())
+
+
+def _segment_name(index: int) -> str:
+    return f"segment-{index:05d}.packets"
+
+
+def _complete_prefix(folder: Path, segments: list[Segment]) -> list[Segment]:
+    """The listed segments whose files exist, up to the first one missing."""
+    kept = []
+    for index, segment in enumerate(segments):
+        if not (folder / _segment_name(index)).is_file():
+            break
+        kept.append(segment)
+    return kept
+
+
+def job_key(source: Path, settings: EncodeSettings, model: str, scale: int, engine: str,
+            segment_s: float) -> dict[str, object]:
+    """What must match for a previous run's segments to be reused: the same source, model, engine and encoder."""
+    stat = source.stat()
+    model_path = Path(model)
+    model_stamp = [model_path.stat().st_size, model_path.stat().st_mtime_ns] if model_path.is_file() else None
+    return {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "model": model, "model_file": model_stamp, "scale": scale, "engine": engine,
+            "codec": settings.codec, "pix_fmt": settings.pix_fmt, "options": settings.options,
+            "container": settings.container, "segment_s": segment_s}
+
+
+# --- packets on disk ------------------------------------------------------------------------------
+
+
+def _write_packet(file: BinaryIO, packet: av.Packet, duration: int) -> None:
+    data = bytes(packet)
+    pts = _NOPTS if packet.pts is None else packet.pts
+    dts = _NOPTS if packet.dts is None else packet.dts
+    file.write(_RECORD.pack(pts, dts, duration, int(packet.is_keyframe), len(data)))
+    file.write(data)
+
+
+def _read_packets(path: Path) -> Iterator[tuple[int | None, int | None, int, bool, bytes]]:
+    with path.open("rb") as file:
+        if file.read(len(_PACKETS_MAGIC)) != _PACKETS_MAGIC:
+            raise VideoError(f"{path}: not a segment file")
+        while header := file.read(_RECORD.size):
+            pts, dts, duration, key, size = _RECORD.unpack(header)
+            yield (None if pts == _NOPTS else pts, None if dts == _NOPTS else dts, duration, bool(key), file.read(size))
+
+
+# --- decode, upscale, encode ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    pts: int
+    duration: int
+    starts_segment: bool
+    last: bool = False
+
+
+@dataclass
+class RunStats:
+    decoded: int = 0  # frames the decoder produced this run (resuming skips the finished segments)
+    upscaled: int = 0
+    resumed_frames: int = 0
+    resumed_segments: int = 0
+
+
+class _SegmentEncoder:
+    """The encoder side: frames in, one packet file per segment, each renamed into place when complete."""
+
+    def __init__(self, work: WorkFolder, source: SourceVideo, settings: EncodeSettings, width: int, height: int,
+                 converter: Converter) -> None:
+        self.work, self.source, self.settings = work, source, settings
+        self.size = (width, height)
+        self.converter = converter
+        self._ctx: VideoCodecContext | None = None
+        self._file: BinaryIO | None = None
+        self._tmp: Path | None = None
+        self._first_pts = 0
+        self._frames = 0
+        self._durations: dict[int, int] = {}
+
+    def add(self, info: FrameInfo, rgb: np.ndarray) -> None:
+        if info.starts_segment and self._ctx is not None:
+            self._finish(next_pts=info.pts)
+        if self._ctx is None:
+            self._begin(info.pts)
+        frame = self.converter.from_rgb(rgb)
+        frame.pts, frame.time_base = info.pts, self.source.time_base
+        self._durations[info.pts] = info.duration
+        self._emit(self._ctx.encode(frame))  # type: ignore[union-attr]
+        self._frames += 1
+        if info.last:
+            self._finish(next_pts=None)
+
+    def _begin(self, first_pts: int) -> None:
+        index = len(self.work.segments)
+        self._ctx = self.settings.open(self.source, *self.size)
+        self._tmp = self.work.path / f"{_HIDDEN}{os.getpid()}-{_segment_name(index)}"
+        self._file = self._tmp.open("wb")
+        self._file.write(_PACKETS_MAGIC)
+        self._first_pts, self._frames = first_pts, 0
+
+    def _emit(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            duration = self._durations.pop(packet.pts, 0) if packet.pts is not None else 0
+            _write_packet(self._file, packet, duration)  # type: ignore[arg-type]
+
+    def _finish(self, next_pts: int | None) -> None:
+        assert self._ctx is not None and self._file is not None and self._tmp is not None
+        self._emit(self._ctx.encode(None))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        index = len(self.work.segments)
+        os.replace(self._tmp, self.work.segment_path(index))
+        self.work.add(Segment(self._first_pts, self._frames, next_pts), self._ctx.extradata)
+        self._ctx, self._file, self._tmp = None, None, None
+
+    def abandon(self) -> None:
+        """Drop the segment in progress (interrupted): the next run encodes it again."""
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._ctx, self._file, self._tmp = None, None, None
+
+
+def _decoded_frames(source: SourceVideo, start_pts: int | None, segment_s: float, stats: RunStats,
+                    converter: Converter) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+    """Source frames from `start_pts` on, RGB, each told whether it opens a segment and whether it is the last."""
+    with _open_input(source.path) as container:
+        stream = cast(VideoStream, container.streams[source.stream_index])
+        stream.thread_type = "AUTO"
+        if start_pts is not None:
+            container.seek(start_pts, backward=True, any_frame=False, stream=stream)
+        segment_start: int | None = None
+        pending: tuple[FrameInfo, np.ndarray] | None = None
+        last_pts: int | None = None
+        try:
+            for frame in cast(Iterator[av.VideoFrame], container.decode(stream)):
+                stats.decoded += 1
+                pts = frame.pts if frame.pts is not None else (last_pts + 1 if last_pts is not None else 0)
+                if start_pts is not None and pts < start_pts:
+                    continue
+                last_pts = pts
+                starts = segment_start is None or (
+                    frame.key_frame and (pts - segment_start) * source.time_base >= segment_s)
+                if starts:
+                    segment_start = pts
+                if pending is not None:
+                    yield pending
+                pending = (FrameInfo(pts, frame.duration or 0, starts), converter.to_rgb(frame))
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{source.path}: cannot decode frame {stats.decoded + 1} ({_cause(exc)})") from None
+        if pending is not None:
+            info, rgb = pending
+            yield FrameInfo(info.pts, info.duration, info.starts_segment, last=True), rgb
+
+
+def encode_segments(
+    source: SourceVideo, work: WorkFolder, settings: EncodeSettings, upscale: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]],
+    scale: int, converter: Converter, segment_s: float, on_frame: Callable[[], None],
+) -> RunStats:
+    """Encode every segment the work folder lacks; returns what this run did."""
+    stats = RunStats(resumed_frames=work.frames, resumed_segments=len(work.segments))
+    if work.done:
+        return stats
+    start = work.segments[-1].next_pts if work.segments else None
+    encoder = _SegmentEncoder(work, source, settings, source.width * scale, source.height * scale, converter)
+
+    def sink(info: FrameInfo, rgb: np.ndarray) -> None:
+        encoder.add(info, rgb)
+        stats.upscaled += 1
+        on_frame()
+
+    try:
+        Stages[FrameInfo]().run(_decoded_frames(source, start, segment_s, stats, converter), upscale, sink)
+    except av.error.FFmpegError as exc:
+        encoder.abandon()
+        raise VideoError(f"{source.path}: the {settings.codec} encoder failed ({_cause(exc)})") from None
+    except BaseException:
+        encoder.abandon()
+        raise
+    return stats
+
+
+# --- the final file -------------------------------------------------------------------------------
+
+
+def mux(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, out: Path) -> None:
+    """Segments plus every other stream of the source into OUT, renamed into place when complete."""
+    try:
+        write_atomically(out, lambda tmp: _mux_into(source, work, settings, scale, tmp, out))
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{out}: writing it failed ({_cause(exc)})") from None
+
+
+def check_streams(source: SourceVideo, out: Path) -> list[str]:
+    """Fail early if OUT's container cannot hold a stream to copy; returns warnings for streams left out."""
+    warnings: list[str] = []
+    with _open_input(source.path) as container, _open_output(out) as probe_out:
+        for stream in container.streams:
+            if stream.index == source.stream_index:
+                continue
+            if stream.type == "data":
+                warnings.append(f"{source.path}: data stream #{stream.index} is not copied")
+                continue
+            try:
+                probe_out.add_stream_from_template(stream)
+            except ValueError as exc:
+                raise VideoError(f"{out}: cannot hold {source.path}'s {stream.type} stream #{stream.index} ({exc}); "
+                                 "use a .mkv output") from None
+    return warnings
+
+
+def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, tmp: BinaryIO, out: Path) -> None:
+    with _open_input(source.path) as container, _open_output(out, tmp, settings.container) as output:
+        copied = {}
+        for stream in container.streams:
+            if stream.index == source.stream_index:
+                video = cast(VideoStream, output.add_stream(settings.codec, rate=source.rate))
+                _configure(video.codec_context, settings, source, source.width * scale, source.height * scale)
+                video.time_base = source.time_base
+                video.metadata.update(source.metadata)
+                video.disposition = stream.disposition
+                if source.display_matrix is not None:
+                    video.set_display_matrix(source.display_matrix)
+            elif stream.type != "data":
+                copy = output.add_stream_from_template(stream)
+                if stream.codec_context is not None:  # attachments carry their metadata already
+                    copy.metadata.update(stream.metadata)
+                    copy.disposition = stream.disposition
+                copied[stream.index] = copy
+        output.start_encoding()
+        if video.codec_context.extradata != work.extradata:
+            raise VideoError(f"{out}: the {settings.codec} encoder's stream headers differ from the segments'")
+        others = container.demux([container.streams[i] for i in copied]) if copied else iter(())
+        for packet in _interleave(_video_packets(work, video), _copied_packets(others, copied)):
+            output.mux(packet)
+
+
+def _video_packets(work: WorkFolder, stream: VideoStream) -> Iterator[av.Packet]:
+    last_dts: int | None = None
+    for index in range(len(work.segments)):
+        for pts, dts, duration, key, data in _read_packets(work.segment_path(index)):
+            if dts is not None and last_dts is not None and dts <= last_dts:
+                dts = last_dts + 1  # encoders restarted per segment may repeat a reordering delay's dts
+            if pts is not None and dts is not None and dts > pts:
+                dts = pts
+            last_dts = dts if dts is not None else last_dts
+            packet = av.Packet(data)
+            packet.pts, packet.dts, packet.duration, packet.is_keyframe = pts, dts, duration, key
+            packet.time_base = stream.codec_context.time_base
+            packet.stream = stream
+            yield packet
+
+
+def _copied_packets(packets: Iterator[av.Packet], streams: dict[int, av.stream.Stream]) -> Iterator[av.Packet]:
+    for packet in packets:
+        if packet.dts is None and packet.pts is None:
+            continue  # the demuxer's end-of-stream markers
+        packet.stream = streams[packet.stream_index]
+        yield packet
+
+
+def _interleave(*sources: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    """Packets of several streams in order of decode time, as muxers want them."""
+    heads = [next(s, None) for s in sources]
+    while any(h is not None for h in heads):
+        index = min((i for i, h in enumerate(heads) if h is not None), key=lambda i: _seconds(heads[i]))
+        yield heads[index]  # type: ignore[misc]
+        heads[index] = next(sources[index], None)
+
+
+def _seconds(packet: av.Packet | None) -> float:
+    assert packet is not None
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return float(stamp * packet.time_base) if stamp is not None and packet.time_base else 0.0
