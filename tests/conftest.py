@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +70,40 @@ def in_memory_model(module: torch.nn.Module, scale: int = 4) -> LoadedModel:
                             parameters=sum(p.numel() for p in module.parameters()), macs_per_input_pixel=0.0,
                             supports_fp16=True, supports_bf16=True, size_multiple=1, source="memory")
     return LoadedModel(ModelCard("test", {}, scale), module, "memory", facts)
+
+
+def numbered_copies(folder: Path, count: int, photo: str = "astronaut.png") -> Path:
+    """FOLDER holding frame00.png, frame01.png... copies of one example photo: a batch of equal work."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        shutil.copy(EXAMPLES / photo, folder / f"frame{i:02d}{Path(photo).suffix}")
+    return folder
+
+
+def interrupt_at_first_output(command: list[str], out: Path, pattern: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run `command`, send Ctrl-C to its process group once OUT holds a file matching `pattern`; (exit code, output)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob(pattern))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground process group
+    output, _ = proc.communicate(timeout=120)
+    return proc.returncode, output
+
+
+def assert_interrupted_cleanly(returncode: int, output: str, out: Path, total: int) -> list[Path]:
+    """Exit 130 with the way to finish, some but not all frames written, each complete, no temporaries."""
+    assert returncode == 130, output
+    assert "re-run with --skip-existing" in output
+    written = sorted(out.iterdir())
+    assert 0 < len(written) < total, "interrupt came too late to test anything"
+    assert all(p.name.startswith("frame") for p in written)  # no temporary files left
+    assert_complete_images(written)
+    return written
+
+
+def assert_complete_images(paths: list[Path]) -> None:
+    """Every file under an output name decodes to the end."""
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()

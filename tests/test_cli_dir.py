@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,13 @@ from typer.testing import CliRunner
 
 from upscaler.cli import app
 
-from .conftest import EXAMPLES, save_random_model
+from .conftest import (
+    EXAMPLES,
+    assert_interrupted_cleanly,
+    interrupt_at_first_output,
+    numbered_copies,
+    save_random_model,
+)
 
 FAST = ["--tile", "64", "--overlap", "8", "--device", "cpu"]
 
@@ -133,27 +137,12 @@ def test_module_entry_point_has_help() -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_skip_existing_finishes(tmp_path: Path) -> None:
-    source = tmp_path / "in"
-    source.mkdir()
-    for i in range(20):
-        shutil.copy(EXAMPLES / "astronaut.png", source / f"frame{i:02d}.png")
+    source = numbered_copies(tmp_path / "in", 20)
     model = save_random_model(tmp_path / "m.safetensors", channels=24, blocks=3)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "upscaler", "dir", str(source), "-o", str(out), "--model", str(model), *FAST]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob("frame*.png"))) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
-    assert "re-run with --skip-existing" in output
-    written = sorted(out.iterdir())
-    assert 0 < len(written) < 20, "interrupt came too late to test anything"
-    assert all(p.name.startswith("frame") for p in written)  # no temporary files left
-    for path in written:
-        with Image.open(path) as img:
-            img.load()  # every file under an output name is complete
+    returncode, output = interrupt_at_first_output(command, out, "frame*.png")
+    assert_interrupted_cleanly(returncode, output, out, 20)
     finish = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True, check=False)
     assert finish.returncode == 0, finish.stdout + finish.stderr
     assert len(list(out.iterdir())) == 20

@@ -38,6 +38,10 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in or imported model name, or a model file.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complete outputs that already exist alone (finishes an interrupted run).")]
+ClusterOption = Annotated[str | None, typer.Option(
+    "--cluster", metavar="ADDRESS",
+    help="Run on Ray: local (start it on this machine), auto (join this machine's cluster) or ray://HOST:PORT. "
+         "Input, output and model must be paths every worker sees (a shared filesystem). Needs upscaler[cluster].")]
 
 _P = inspect.Parameter
 _RUN_PARAMETERS = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, printable, warn
-from upscaler.cli.options import FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.cluster.ray_runner import ClusterRunner, cluster_runner
 from upscaler.engine.engine import Engine, open_engine
 from upscaler.engine.frames import FrameError
 from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
@@ -48,8 +51,30 @@ def _prepare_output(folder: Path, recursive: bool) -> None:
         raise fail(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 
 
-def _run_batch(jobs: list[Job], engine: Engine, skipped: int) -> None:
-    """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code."""
+def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Callable[[], None],
+               cluster: str | None = None) -> None:
+    """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code.
+
+    `prepare` (making OUT) runs once the model or cluster is open: a bad model leaves no OUT behind.
+    """
+    with ExitStack() as resources:
+        try:
+            if cluster is None:
+                engine = open_engine(settings)
+                runner: JobRunner | ClusterRunner = JobRunner(jobs, engine.upscale)
+                model, backend = engine.model.source, engine.description
+            else:
+                runner, info = resources.enter_context(cluster_runner(cluster, jobs, settings))
+                model, backend = info.model, info.backend
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:  # while the model loads or a cluster starts: nothing was written yet
+            raise fail("interrupted before any image was started", EXIT_INTERRUPTED) from None
+        prepare()
+        _report_batch(jobs, runner, skipped, model, backend)
+
+
+def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str) -> None:
     summary = Summary(skipped=skipped)
     columns = (
         TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
@@ -59,7 +84,6 @@ def _run_batch(jobs: list[Job], engine: Engine, skipped: int) -> None:
     interrupted = False
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("upscale", total=len(jobs), rate=0.0)
-        runner = JobRunner(jobs, engine.upscale)
 
         def report(outcome: Outcome) -> None:
             summary.add(outcome)
@@ -77,7 +101,7 @@ def _run_batch(jobs: list[Job], engine: Engine, skipped: int) -> None:
         for outcome in runner.drain():
             report(outcome)
     summary.seconds = time.perf_counter() - started
-    _print_summary(summary, engine.model.source, engine.description)
+    _print_summary(summary, model, backend)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
         raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
@@ -109,6 +133,7 @@ def upscale_dir(
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+    cluster: ClusterOption = None,
 ) -> None:
     """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
 
@@ -136,12 +161,10 @@ def upscale_dir(
     if not found.sources:
         warn(f"no images found in {in_dir}")
         return
-    engine = _open_engine(settings)
-    _prepare_output(out, recursive)
     skipped: list[Path] = []
     if skip_existing_outputs:
         jobs, skipped = skip_existing(jobs)
-    _run_batch(jobs, engine, len(skipped))
+    _run_batch(jobs, settings, len(skipped), lambda: _prepare_output(out, recursive), cluster)
 
 
 def _file_format(out: Path, requested: OutputFormat) -> str:
@@ -179,9 +202,7 @@ def upscale_image(
     if skip_existing_outputs and is_complete(out):
         _print_summary(Summary(skipped=1), settings.model)
         return
-    engine = _open_engine(settings)
-    _prepare_output(out.parent, recursive=False)
-    _run_batch([Job(source, out, fmt)], engine, 0)
+    _run_batch([Job(source, out, fmt)], settings, 0, lambda: _prepare_output(out.parent, recursive=False))
 
 
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:

@@ -1,0 +1,4 @@
+"""Running the same jobs on many machines: a pool of Ray actors, each keeping one engine warm.
+
+Ray is optional (`pip install 'upscaler[cluster]'`); nothing here imports it until a run asks for it.
+"""
