@@ -20,6 +20,7 @@ from upscaler.cluster.ray_runner import ActorSpec, plan_actors
 
 from .conftest import (
     EXAMPLES,
+    ROOT,
     assert_complete_images,
     assert_interrupted_cleanly,
     interrupt_at_first_output,
@@ -51,7 +52,9 @@ def local_ray() -> Iterator[ModuleType]:
     """One Ray for the module (starting it costs seconds on 2 cores); `--cluster local` uses it as it is."""
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": f"{__name__}.die_on_crash_files"})
+             runtime_env={"worker_process_setup_hook": f"{__name__}.die_on_crash_files",
+                          # workers import this module by name wherever pytest was started
+                          "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}})
     yield ray
     ray.shutdown()
 
