@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from upscaler.cluster.ray_runner import PictureWorker, WorkerInfo, WorkerLost, WorkerPool, shared_settings, connected, start_pool
+from upscaler.cluster.ray_runner import (
+    PictureWorker,
+    WorkerInfo,
+    WorkerLost,
+    WorkerPool,
+    connected,
+    shared_settings,
+    start_pool,
+)
 from upscaler.engine.settings import RunSettings
 from upscaler.io.video import (
     PlannedSegment,
