@@ -64,8 +64,11 @@ def assert_same_video(out: Path, expected: Path) -> None:
     assert pts_out == pts_expected
     for kind in ("audio", "subtitle"):
         assert packets(out, kind) == packets(expected, kind)
-    worst = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(frames_out, frames_expected, strict=True))
-    assert worst <= 2
+    assert _worst(frames_out, frames_expected) <= 2
+
+
+def _worst(frames: list[np.ndarray], expected: list[np.ndarray]) -> int:
+    return max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(frames, expected, strict=True))
 
 
 def test_segments_are_planned_at_keyframes_from_packets(clip: Path) -> None:
@@ -104,3 +107,26 @@ def test_rerun_after_an_interrupted_cluster_run_redoes_only_the_missing_segment(
     assert "resuming: 7 segment(s), 21 frame(s) already done" in rerun.stderr
     assert _row(rerun.stderr, "segments encoded this run") == "1 of 8"
     assert_same_video(out, local_result)
+
+
+def test_open_gop_segments_encoded_apart_match_one_straight_run(tmp_path: Path, tiny_model: Path) -> None:
+    """Leading B-frames of an open GOP follow their keyframe in decode order: they stay with the segment before."""
+    clip = tmp_path / "open.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12", "-frames:v", "36", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-x264-params", "open-gop=1:keyint=6:min-keyint=6:scenecut=0:bframes=3", clip)
+    command = ["video", str(clip), "--device", "cpu", "-m", str(tiny_model), "--segment-seconds", "0.4"]
+    straight, apart = tmp_path / "straight.mkv", tmp_path / "apart.mkv"
+    assert CliRunner().invoke(app, [*command, "-o", str(straight)]).exit_code == 0
+    apart.mkdir()  # the first run's rename fails: its segments stay
+    assert CliRunner().invoke(app, [*command, "-o", str(apart)]).exit_code == 1
+    apart.rmdir()
+    work = tmp_path / f".upscale-work-{apart.name}"
+    for index in (1, 3):
+        (work / f"segment-0000{index}.packets").unlink()
+    result = CliRunner().invoke(app, [*command, "-o", str(apart)])
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, "segments encoded this run") == "2 of 6"
+    frames_apart, pts_apart = decoded(apart)
+    frames_straight, pts_straight = decoded(straight)
+    assert pts_apart == pts_straight == decoded(clip)[1]
+    assert _worst(frames_apart, frames_straight) <= 2
