@@ -262,7 +262,7 @@ def test_work_folder_reuses_only_the_same_jobs_complete_segments(tmp_path: Path)
     assert not first.load()
     for index in range(2):
         first.segment_path(index).write_bytes(b"packets")
-        first.add(Segment(first_pts=3 * index, frames=3, next_pts=3 * index + 3), b"headers")
+        first.add(index, Segment(first_pts=3 * index, frames=3, next_pts=3 * index + 3), b"headers")
     first.segment_path(1).unlink()  # listed, but its file is gone
     again = WorkFolder(out, {"model": "a"})
     assert again.load() and again.frames == 3 and again.extradata == b"headers"

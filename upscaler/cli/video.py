@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
-from upscaler.cli.options import run_options
+from upscaler.cli.options import ClusterOption, run_options
 from upscaler.engine.engine import Engine, open_engine
 from upscaler.engine.settings import RunSettings
 
@@ -69,8 +70,8 @@ class _Rate:
         self.started = time.perf_counter()
         self.frames = 0
 
-    def tick(self) -> float:
-        self.frames += 1
+    def tick(self, frames: int = 1) -> float:
+        self.frames += frames
         return self.frames / max(self.elapsed, 1e-9)
 
     @property
@@ -100,23 +101,24 @@ def upscale_video(
     preset: Annotated[str | None, typer.Option(help="Encoder speed preset (e.g. medium, slow; p1-p7 for NVENC).")] = None,
     pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help="Output pixel format [default: the source's chroma family and depth].")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run of the same command from its last complete segment.")] = True,
-    segment_seconds: Annotated[float, typer.Option(min=0.0, help="Resume granularity: segments are cut at the first keyframe after this long.")] = 10.0,
+    segment_seconds: Annotated[float, typer.Option(min=0.0, help="Resume granularity and unit of cluster work: segments are cut at the first keyframe after this long.")] = 10.0,
+    cluster: ClusterOption = None,
 ) -> None:
     """Upscale a video: audio, subtitles and attachments copied, timestamps, colour and rotation kept.
 
     OUT appears only when complete. The work is kept in segments in a hidden folder beside OUT;
-    after Ctrl-C, a kill or a crash, the same command continues from the last complete segment.
+    after Ctrl-C, a kill or a crash, the same command encodes only the missing segments. With
+    --cluster, Ray workers encode the segments in parallel and this process joins them.
     """
     try:
-        _video(source, out, settings, codec, crf, preset, pix_fmt, resume, segment_seconds)
+        _video(source, out, settings, codec, crf, preset, pix_fmt, resume, segment_seconds, cluster)
     except KeyboardInterrupt:
         raise fail("interrupted before any frame was upscaled", EXIT_INTERRUPTED) from None
 
 
 def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: int | None, preset: str | None,
-           pix_fmt: str | None, resume: bool, segment_seconds: float) -> None:
+           pix_fmt: str | None, resume: bool, segment_seconds: float, cluster: str | None) -> None:
     from upscaler.io import video as v
-    from upscaler.io.colour import open_converter
 
     if not source.is_file():
         raise fail(f"{source}: no such file", EXIT_FAILED)
@@ -124,6 +126,7 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         raise fail(f"{out}: is the input; choose another output name")
     try:
         info = v.probe(source)
+        plan = v.plan_segments(info, segment_seconds)
     except v.VideoError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     engine = _open(settings)
@@ -138,40 +141,55 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         raise fail(str(exc)) from None
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    tags_out = replace(info.tags, matrix=info.tags.resolved_matrix(info.height))
-    converter = open_converter(engine.plan.device, info.tags, info.pix_fmt, info.height, tags_out, encoding.pix_fmt,
-                               info.height * scale)
-    key = v.job_key(source, encoding, engine.model.source, scale, engine.description, segment_seconds)
-    work = v.WorkFolder(out, key)
-    if resume and work.load():
-        console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
-    elif not resume:
-        work.clear()
-    rate = _Rate()
-    interrupted = False
-    with _progress() as progress:
-        task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
+    with ExitStack() as resources:
+        backend = engine.description
+        if cluster is not None:
+            from upscaler.cluster.video import SegmentPool
 
-        def on_frame() -> None:
-            progress.update(task, advance=1, rate=rate.tick())
+            try:
+                pool = resources.enter_context(SegmentPool.started(cluster, settings))
+            except RuntimeError as exc:  # no Ray, a bad address, an engine that does not open on the workers
+                raise fail(str(exc)) from None
+            backend = pool.info.backend  # the workers' own, so a resume finds the same key whatever their number
+        key = v.job_key(source, encoding, engine.model.source, scale, backend, segment_seconds)
+        work = v.WorkFolder(out, key)
+        if resume and work.load():
+            console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
+        elif not resume:
+            work.clear()
+        rate = _Rate()
+        interrupted = False
+        with _progress() as progress:
+            task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
 
-        try:
-            stats = v.encode_segments(info, work, encoding, engine.stream, scale, converter, segment_seconds, on_frame)
-            v.mux(info, work, encoding, scale, out)
-        except KeyboardInterrupt:
-            interrupted = True
-        except v.VideoError as exc:
-            raise fail(str(exc), EXIT_FAILED) from None
-        except OSError as exc:  # a full disk, a folder gone: complete segments stay for a re-run
-            raise fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_FAILED) from None
+            def on_frames(count: int) -> None:
+                progress.update(task, advance=count, rate=rate.tick(count))
+
+            try:
+                if cluster is None:
+                    converter = v.converter_for(info, encoding, scale, engine.plan.device)
+                    stats = v.encode_segments(info, work, plan, encoding, engine.stream, scale, converter,
+                                              lambda: on_frames(1))
+                else:
+                    job = v.SegmentJob(replace(info, path=info.path.absolute()), encoding, scale, work.path.absolute())
+                    stats = pool.encode(job, work, plan, on_frames)
+                    backend = f"{backend}; {pool.workers} Ray worker(s)"
+                v.mux(info, work, encoding, scale, out)
+            except KeyboardInterrupt:
+                interrupted = True
+            except v.VideoError as exc:
+                raise fail(str(exc), EXIT_FAILED) from None
+            except OSError as exc:  # a full disk, a folder gone: complete segments stay for a re-run
+                raise fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_FAILED) from None
     if interrupted:
         raise fail(f"interrupted with {work.frames} frame(s) in {len(work.segments)} complete segment(s); "
                    "run the same command again to resume", EXIT_INTERRUPTED)
     work.remove()
     _summary("upscale video", [
-        ("model", engine.model.source), ("backend", engine.description), ("codec", f"{encoding.codec} {encoding.pix_fmt}"),
+        ("model", engine.model.source), ("backend", backend), ("codec", f"{encoding.codec} {encoding.pix_fmt}"),
         ("output", str(out)), ("frames written", str(stats.resumed_frames + stats.upscaled)),
         ("frames decoded this run", str(stats.decoded)),
+        ("segments encoded this run", f"{stats.encoded_segments} of {len(plan)}"),
         ("resumed from", f"{stats.resumed_segments} segment(s), {stats.resumed_frames} frame(s)"),
     ], rate, info.width * info.height)
 

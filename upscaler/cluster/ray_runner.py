@@ -306,7 +306,7 @@ def _absolute(job: Job) -> Job:
                    root=None if job.root is None else job.root.absolute())
 
 
-def _shared_settings(settings: RunSettings) -> RunSettings:
+def shared_settings(settings: RunSettings) -> RunSettings:
     """A model or engine folder given as a relative path, made absolute for workers elsewhere."""
     model = Path(settings.model)
     return replace(settings, model=str(model.absolute()) if model.is_file() else settings.model,
@@ -317,7 +317,7 @@ def _shared_settings(settings: RunSettings) -> RunSettings:
 def cluster_runner(address: str, jobs: list[Job], settings: RunSettings, actors_per_node: int = 1) -> Iterator[tuple[ClusterRunner, WorkerInfo]]:
     """Connect, start the pool, and yield a runner for `jobs` with the workers' model and backend."""
     with connected(address) as ray:
-        pool, info = start_pool(ray, PictureWorker, _shared_settings(settings), "run", actors_per_node)
+        pool, info = start_pool(ray, PictureWorker, shared_settings(settings), "run", actors_per_node)
         try:
             yield ClusterRunner(pool, jobs), replace(info, backend=f"{info.backend}; {len(pool.actors)} Ray worker(s)")
         finally:

@@ -5,9 +5,11 @@ is copied packet for packet. Frames keep their own timestamps and durations (var
 stays variable), the colour tags, rotation and HDR mastering data are carried over, and 10-bit
 stays 10-bit.
 
-The encoded picture is kept in segments cut at the source's keyframes, each in a hidden work
-folder beside OUT and each written under a temporary name and renamed when complete. After
-Ctrl-C, SIGKILL or a crash, the same command decodes from the first missing segment on; the
+The encoded picture is kept in segments cut at the source's keyframes, planned before any
+decoding from the keyframe packets (`plan_segments`), each in a hidden work folder beside OUT and
+each written under a temporary name and renamed when complete. A planned segment is encoded on
+its own by seeking to its keyframe (`encode_run`), so a cluster can share them out; after Ctrl-C,
+SIGKILL or a crash, the same command encodes only the missing segments; the
 final file is muxed from the segments and the source's other streams under a temporary name and
 renamed to OUT only when complete. Segments are encoded by fresh, identically configured encoders,
 so the frames are the same however many times the work was interrupted.
@@ -20,10 +22,10 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import av
 import av.error
@@ -34,9 +36,12 @@ from av.sidedata.sidedata import Type as SideDataType
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from upscaler.io.colour import ColourTags, Converter, bit_depth, yuv_layout
+from upscaler.io.colour import ColourTags, Converter, bit_depth, open_converter, yuv_layout
 from upscaler.io.files import write_atomically
 from upscaler.io.stages import Stages
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
 DEFAULT_SEGMENT_S = 10.0
@@ -323,13 +328,43 @@ class Segment:
     next_pts: int | None  # first frame of the next segment; None: this one ends the video
 
 
+@dataclass(frozen=True)
+class PlannedSegment:
+    """Where a segment starts and stops in the source, known before decoding."""
+
+    index: int
+    first_pts: int | None  # its keyframe; None: the video's start
+    next_pts: int | None  # the next segment's keyframe; None: the video's end
+
+
+def plan_segments(source: SourceVideo, segment_s: float) -> list[PlannedSegment]:
+    """Segments cut at the first keyframe at least `segment_s` after the previous cut.
+
+    Read from the keyframe packets (demuxing, no decoding), so the whole video is planned in a
+    moment; a source whose packets carry no timestamps is one segment.
+    """
+    with _open_input(source.path) as container:
+        stream = container.streams[source.stream_index]
+        try:
+            keys = sorted({p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None})
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{source.path}: cannot read its packets ({_cause(exc)})") from None
+    cuts: list[int] = []
+    for pts in keys[1:]:
+        if (pts - (cuts[-1] if cuts else keys[0])) * source.time_base >= segment_s:
+            cuts.append(pts)
+    starts: list[int | None] = [None, *cuts]
+    return [PlannedSegment(i, first, next_pts)
+            for i, (first, next_pts) in enumerate(zip(starts, [*cuts, None], strict=True))]
+
+
 class WorkFolder:
     """Hidden folder beside OUT: a manifest of complete segments and their packet files."""
 
     def __init__(self, out: Path, key: dict[str, object]) -> None:
         self.path = out.with_name(f"{_HIDDEN}work-{out.name}")
         self.key = key
-        self.segments: list[Segment] = []
+        self.segments: dict[int, Segment] = {}
         self.extradata: bytes | None = None
 
     def load(self) -> bool:
@@ -343,7 +378,8 @@ class WorkFolder:
             return False
         for leftover in self.path.glob(f"{_HIDDEN}*"):  # a segment a killed run was writing
             leftover.unlink()
-        self.segments = _complete_prefix(self.path, [Segment(**s) for s in manifest["segments"]])
+        listed = {i: Segment(**s) for i, s in enumerate(manifest["segments"]) if s is not None}
+        self.segments = {i: s for i, s in listed.items() if self.segment_path(i).is_file()}
         extradata = manifest.get("extradata")
         self.extradata = bytes.fromhex(extradata) if extradata is not None else None
         return bool(self.segments)
@@ -351,27 +387,28 @@ class WorkFolder:
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
-        self.segments = []
+        self.segments = {}
         self._save()
 
-    @property
-    def done(self) -> bool:
-        return bool(self.segments) and self.segments[-1].next_pts is None
+    def missing(self, plan: list[PlannedSegment]) -> list[PlannedSegment]:
+        return [planned for planned in plan if planned.index not in self.segments]
 
     @property
     def frames(self) -> int:
-        return sum(s.frames for s in self.segments)
+        return sum(s.frames for s in self.segments.values())
 
     def segment_path(self, index: int) -> Path:
         return self.path / _segment_name(index)
 
-    def add(self, segment: Segment, extradata: bytes | None) -> None:
-        self.segments.append(segment)
+    def add(self, index: int, segment: Segment, extradata: bytes | None) -> None:
+        """Record a segment whose file is in place (only one process, the driver, writes the manifest)."""
+        self.segments[index] = segment
         self.extradata = extradata
         self._save()
 
     def _save(self) -> None:
-        manifest = {"key": self.key, "segments": [asdict(s) for s in self.segments],
+        listed = [asdict(self.segments[i]) if i in self.segments else None for i in range(max(self.segments, default=-1) + 1)]
+        manifest = {"key": self.key, "segments": listed,
                     "extradata": None if self.extradata is None else self.extradata.hex()}
         text = json.dumps(manifest, indent=1)
         write_atomically(self.path / _MANIFEST, lambda tmp: _write_text(tmp, text))
@@ -386,16 +423,6 @@ def _write_text(stream: BinaryIO, text: str) -> None:
 
 def _segment_name(index: int) -> str:
     return f"segment-{index:05d}.packets"
-
-
-def _complete_prefix(folder: Path, segments: list[Segment]) -> list[Segment]:
-    """The listed segments whose files exist, up to the first one missing."""
-    kept = []
-    for index, segment in enumerate(segments):
-        if not (folder / _segment_name(index)).is_file():
-            break
-        kept.append(segment)
-    return kept
 
 
 def job_key(source: Path, settings: EncodeSettings, model: str, scale: int, engine: str,
@@ -437,8 +464,8 @@ def _read_packets(path: Path) -> Iterator[tuple[int | None, int | None, int, boo
 class FrameInfo:
     pts: int
     duration: int
-    starts_segment: bool
-    last: bool = False
+    segment: PlannedSegment
+    ends_segment: bool = False
 
 
 @dataclass
@@ -447,16 +474,21 @@ class RunStats:
     upscaled: int = 0
     resumed_frames: int = 0
     resumed_segments: int = 0
+    encoded_segments: int = 0
+
+
+SegmentDone = Callable[[int, Segment, bytes | None], None]
 
 
 class _SegmentEncoder:
     """The encoder side: frames in, one packet file per segment, each renamed into place when complete."""
 
-    def __init__(self, work: WorkFolder, source: SourceVideo, settings: EncodeSettings, width: int, height: int,
-                 converter: Converter) -> None:
-        self.work, self.source, self.settings = work, source, settings
+    def __init__(self, folder: Path, source: SourceVideo, settings: EncodeSettings, width: int, height: int,
+                 converter: Converter, on_segment: SegmentDone) -> None:
+        self.folder, self.source, self.settings = folder, source, settings
         self.size = (width, height)
         self.converter = converter
+        self.on_segment = on_segment
         self._ctx: VideoCodecContext | None = None
         self._file: BinaryIO | None = None
         self._tmp: Path | None = None
@@ -465,22 +497,19 @@ class _SegmentEncoder:
         self._durations: dict[int, int] = {}
 
     def add(self, info: FrameInfo, rgb: np.ndarray) -> None:
-        if info.starts_segment and self._ctx is not None:
-            self._finish(next_pts=info.pts)
         if self._ctx is None:
-            self._begin(info.pts)
+            self._begin(info.segment.index, info.pts)
         frame = self.converter.from_rgb(rgb)
         frame.pts, frame.time_base = info.pts, self.source.time_base
         self._durations[info.pts] = info.duration
         self._emit(self._ctx.encode(frame))  # type: ignore[union-attr]
         self._frames += 1
-        if info.last:
-            self._finish(next_pts=None)
+        if info.ends_segment:
+            self._finish(info.segment)
 
-    def _begin(self, first_pts: int) -> None:
-        index = len(self.work.segments)
+    def _begin(self, index: int, first_pts: int) -> None:
         self._ctx = self.settings.open(self.source, *self.size)
-        self._tmp = self.work.path / f"{_HIDDEN}{os.getpid()}-{_segment_name(index)}"
+        self._tmp = self.folder / f"{_HIDDEN}{os.getpid()}-{_segment_name(index)}"
         self._file = self._tmp.open("wb")
         self._file.write(_PACKETS_MAGIC)
         self._first_pts, self._frames = first_pts, 0
@@ -490,15 +519,14 @@ class _SegmentEncoder:
             duration = self._durations.pop(packet.pts, 0) if packet.pts is not None else 0
             _write_packet(self._file, packet, duration)  # type: ignore[arg-type]
 
-    def _finish(self, next_pts: int | None) -> None:
+    def _finish(self, planned: PlannedSegment) -> None:
         assert self._ctx is not None and self._file is not None and self._tmp is not None
         self._emit(self._ctx.encode(None))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        index = len(self.work.segments)
-        os.replace(self._tmp, self.work.segment_path(index))
-        self.work.add(Segment(self._first_pts, self._frames, next_pts), self._ctx.extradata)
+        os.replace(self._tmp, self.folder / _segment_name(planned.index))
+        self.on_segment(planned.index, Segment(self._first_pts, self._frames, planned.next_pts), self._ctx.extradata)
         self._ctx, self._file, self._tmp = None, None, None
 
     def abandon(self) -> None:
@@ -510,48 +538,70 @@ class _SegmentEncoder:
         self._ctx, self._file, self._tmp = None, None, None
 
 
-def _decoded_frames(source: SourceVideo, start_pts: int | None, segment_s: float, stats: RunStats,
+def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunStats,
                     converter: Converter) -> Iterator[tuple[FrameInfo, np.ndarray]]:
-    """Source frames from `start_pts` on, RGB, each told whether it opens a segment and whether it is the last."""
+    """The frames of consecutive planned segments, RGB, from one seek to the first one's keyframe.
+
+    A frame belongs to the last segment whose keyframe it does not precede, so the leading frames
+    of an open GOP stay with the segment before, as a straight decode shows them.
+    """
+    start, stop = run[0].first_pts, run[-1].next_pts
     with _open_input(source.path) as container:
         stream = cast(VideoStream, container.streams[source.stream_index])
         stream.thread_type = "AUTO"
-        if start_pts is not None:
-            container.seek(start_pts, backward=True, any_frame=False, stream=stream)
-        segment_start: int | None = None
+        if start is not None:
+            container.seek(start, backward=True, any_frame=False, stream=stream)
+        segments = iter(run)
+        segment = next(segments)
         pending: tuple[FrameInfo, np.ndarray] | None = None
         last_pts: int | None = None
         try:
             for frame in cast(Iterator[av.VideoFrame], container.decode(stream)):
                 stats.decoded += 1
                 pts = frame.pts if frame.pts is not None else (last_pts + 1 if last_pts is not None else 0)
-                if start_pts is not None and pts < start_pts:
+                if start is not None and pts < start:
                     continue
+                if stop is not None and pts >= stop:
+                    break
                 last_pts = pts
-                starts = segment_start is None or (
-                    frame.key_frame and (pts - segment_start) * source.time_base >= segment_s)
-                if starts:
-                    segment_start = pts
+                while segment.next_pts is not None and pts >= segment.next_pts:
+                    segment = next(segments)
                 if pending is not None:
-                    yield pending
-                pending = (FrameInfo(pts, frame.duration or 0, starts), converter.to_rgb(frame))
+                    info, rgb = pending
+                    yield FrameInfo(info.pts, info.duration, info.segment, info.segment != segment), rgb
+                pending = (FrameInfo(pts, frame.duration or 0, segment), converter.to_rgb(frame))
         except av.error.FFmpegError as exc:
             raise VideoError(f"{source.path}: cannot decode frame {stats.decoded + 1} ({_cause(exc)})") from None
         if pending is not None:
             info, rgb = pending
-            yield FrameInfo(info.pts, info.duration, info.starts_segment, last=True), rgb
+            yield FrameInfo(info.pts, info.duration, info.segment, ends_segment=True), rgb
 
 
-def encode_segments(
-    source: SourceVideo, work: WorkFolder, settings: EncodeSettings, upscale: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]],
-    scale: int, converter: Converter, segment_s: float, on_frame: Callable[[], None],
-) -> RunStats:
-    """Encode every segment the work folder lacks; returns what this run did."""
-    stats = RunStats(resumed_frames=work.frames, resumed_segments=len(work.segments))
-    if work.done:
-        return stats
-    start = work.segments[-1].next_pts if work.segments else None
-    encoder = _SegmentEncoder(work, source, settings, source.width * scale, source.height * scale, converter)
+def _runs(segments: list[PlannedSegment]) -> list[list[PlannedSegment]]:
+    """Consecutive segments grouped, each group decoded in one pass."""
+    runs: list[list[PlannedSegment]] = []
+    for planned in segments:
+        if runs and runs[-1][-1].index + 1 == planned.index:
+            runs[-1].append(planned)
+        else:
+            runs.append([planned])
+    return runs
+
+
+def encode_run(
+    source: SourceVideo, folder: Path, segments: list[PlannedSegment], settings: EncodeSettings,
+    upscale: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]], scale: int, converter: Converter,
+    on_segment: SegmentDone, on_frame: Callable[[], None], stats: RunStats,
+) -> None:
+    """Encode consecutive planned `segments` into `folder`, each file renamed into place when complete."""
+    done: set[int] = set()
+
+    def finished(index: int, segment: Segment, extradata: bytes | None) -> None:
+        done.add(index)
+        stats.encoded_segments += 1
+        on_segment(index, segment, extradata)
+
+    encoder = _SegmentEncoder(folder, source, settings, source.width * scale, source.height * scale, converter, finished)
 
     def sink(info: FrameInfo, rgb: np.ndarray) -> None:
         encoder.add(info, rgb)
@@ -559,14 +609,45 @@ def encode_segments(
         on_frame()
 
     try:
-        Stages[FrameInfo]().run(_decoded_frames(source, start, segment_s, stats, converter), upscale, sink)
+        Stages[FrameInfo]().run(_decoded_frames(source, segments, stats, converter), upscale, sink)
     except av.error.FFmpegError as exc:
         encoder.abandon()
         raise VideoError(f"{source.path}: the {settings.codec} encoder failed ({_cause(exc)})") from None
     except BaseException:
         encoder.abandon()
         raise
+    empty = [planned.index for planned in segments if planned.index not in done]
+    if empty:
+        raise VideoError(f"{source.path}: segment {empty[0]} decoded to no frames")
+
+
+def encode_segments(
+    source: SourceVideo, work: WorkFolder, plan: list[PlannedSegment], settings: EncodeSettings,
+    upscale: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]], scale: int, converter: Converter,
+    on_frame: Callable[[], None],
+) -> RunStats:
+    """Encode every planned segment the work folder lacks, here; returns what this run did."""
+    stats = RunStats(resumed_frames=work.frames, resumed_segments=len(work.segments))
+    for run in _runs(work.missing(plan)):
+        encode_run(source, work.path, run, settings, upscale, scale, converter, work.add, on_frame, stats)
     return stats
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """What a worker elsewhere needs to encode any planned segment of this video (paths every worker sees)."""
+
+    source: SourceVideo
+    settings: EncodeSettings
+    scale: int
+    folder: Path
+
+
+def converter_for(source: SourceVideo, settings: EncodeSettings, scale: int, device: torch.device) -> Converter:
+    """Source pixels to RGB and back to the encoder's format, the output's matrix chosen for its height."""
+    tags_out = replace(source.tags, matrix=source.tags.resolved_matrix(source.height))
+    return open_converter(device, source.tags, source.pix_fmt, source.height, tags_out, settings.pix_fmt,
+                          source.height * scale)
 
 
 # --- the final file -------------------------------------------------------------------------------
@@ -626,7 +707,7 @@ def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, s
 
 def _video_packets(work: WorkFolder, stream: VideoStream) -> Iterator[av.Packet]:
     last_dts: int | None = None
-    for index in range(len(work.segments)):
+    for index in sorted(work.segments):
         for pts, dts, duration, key, data in _read_packets(work.segment_path(index)):
             if dts is not None and last_dts is not None and dts <= last_dts:
                 dts = last_dts + 1  # encoders restarted per segment may repeat a reordering delay's dts
