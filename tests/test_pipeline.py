@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,36 +27,100 @@ def _jobs(tmp_path: Path, count: int) -> list[Job]:
     return jobs
 
 
-def test_bounded_lookahead_and_overlapped_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lock = threading.Lock()
-    state = {"decoded": 0, "consumed": 0, "max_ahead": 0}
-    events: list[str] = []
+def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's first call waits for the second file's decode: it can only finish if reads run ahead, in parallel."""
+    second_read = threading.Event()
     real_read = pipeline.read_picture
 
-    def counting_read(path: Path) -> Picture:
+    def read(path: Path) -> Picture:
         picture = real_read(path)
-        with lock:
-            state["decoded"] += 1
-            state["max_ahead"] = max(state["max_ahead"], state["decoded"] - state["consumed"])
-            events.append(f"read {path.stem}")
+        if path.stem == "001":
+            second_read.set()
         return picture
 
-    def slow_upscale(picture: Picture) -> Picture:
-        with lock:
-            state["consumed"] += 1
-        time.sleep(0.02)  # the model working
-        with lock:
-            events.append("upscaled")
+    def upscale(picture: Picture) -> Picture:
+        assert second_read.wait(timeout=30), "the second file was not decoded while the model worked on the first"
         return picture
 
-    monkeypatch.setattr(pipeline, "read_picture", counting_read)
-    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 24), slow_upscale, lookahead=3))
-    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(24)]  # in order
-    assert all(o.ok for o in outcomes)
-    assert state["max_ahead"] <= 3
-    # Decoding ran ahead of the model: later files were read before earlier ones finished.
-    first_upscaled = events.index("upscaled")
-    assert sum(e.startswith("read") for e in events[:first_upscaled]) >= 2
+    monkeypatch.setattr(pipeline, "read_picture", read)
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 6), upscale, lookahead=3))
+    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(6)]  # in order
+    assert all(o.ok for o in outcomes) and [o.input_pixels for o in outcomes] == [112 * 75] * 6
+
+
+class Immediate(Executor):
+    """Runs each task as it is submitted: a read is decoded the moment the runner asks for it."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = _Lazy(lambda: fn(*args, **kwargs))
+        future.result()
+        return future
+
+
+class Deferred(Executor):
+    """Runs each task when its result is first asked for: a write stays in flight until the runner awaits it."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return _Lazy(lambda: fn(*args, **kwargs))
+
+
+class _Lazy(Future):  # type: ignore[type-arg]
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__()
+        self._call = call
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            try:
+                self.set_result(self._call())
+            except Exception as exc:  # noqa: BLE001 (handed to the caller, as a Future does)
+                self.set_exception(exc)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return None if not self.done() else super().exception(timeout)
+
+
+def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT_LOOKAHEAD_BYTES) -> tuple[pipeline.JobRunner, list[tuple[int, int]]]:
+    """A runner that reads at once and writes only when it awaits a write; records (pictures read ahead, writes queued) per model call."""
+    queued: list[tuple[int, int]] = []
+
+    def upscale(picture: Picture) -> Picture:
+        queued.append((len(runner.reads) + 1, len(runner.writes)))
+        return picture
+
+    runner = pipeline.JobRunner(jobs, upscale, lookahead=lookahead, max_bytes=max_bytes)
+    runner.readers.shutdown()
+    runner.writers.shutdown()
+    runner.readers, runner.writers = Immediate(), Deferred()  # type: ignore[assignment]
+    return runner, queued
+
+
+@pytest.mark.parametrize("lookahead", [2, 3])
+def test_reads_ahead_and_writes_queued_are_bounded_by_the_lookahead_exactly(tmp_path: Path, lookahead: int) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead)
+    outcomes = list(runner)
+    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(8)] and all(o.ok for o in outcomes)
+    assert max(ahead for ahead, _ in queued) == lookahead
+    assert max(writes for _, writes in queued) == lookahead  # one more and the oldest is awaited first
+    assert len(list((tmp_path / "out").iterdir())) == 8
+
+
+def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path) -> None:
+    """Room for two decoded pictures: two are held (read ahead or waiting to be written), never three."""
+    size = pipeline.read_picture(EXAMPLES / "chelsea.png").color.nbytes
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=8, max_bytes=2 * size)
+    assert all(o.ok for o in runner) and len(queued) == 8
+    assert max(ahead + writes for ahead, writes in queued) == 2
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=8, max_bytes=3 * size)
+    assert all(o.ok for o in runner)
+    assert max(ahead + writes for ahead, writes in queued) == 3
+
+
+def test_lookahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lookahead must be at least 1"):
+        pipeline.JobRunner([], lambda picture: picture, lookahead=0)
+    assert list(pipeline.run_jobs([], lambda picture: picture, lookahead=1)) == []
 
 
 def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
@@ -112,3 +178,46 @@ def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> Non
     seen += runner.drain()
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert [o.job.target.name for o in seen if o.ok] == written and len(written) >= 1
+
+
+def test_an_interruption_finishes_exactly_the_writes_already_queued(tmp_path: Path) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=3)
+    iterator = iter(runner)
+    first = next(iterator)  # the fourth write queued forced the first one out
+    assert first.ok and first.job.source.stem == "000" and queued[-1] == (3, 3)
+    iterator.close()  # as Ctrl-C would, with three writes queued and reads decoded ahead
+    rest = runner.drain()
+    assert [o.job.source.stem for o in rest] == ["001", "002", "003"] and all(o.ok for o in rest)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
+    assert runner.drain() == []
+
+
+def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, 5)
+    jobs[1].source.write_bytes(b"not a picture")
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    jobs[2] = Job(jobs[2].source, tmp_path / "blocked" / "002.png", "PNG")
+
+    def upscale(picture: Picture) -> Picture:
+        if picture.color[0, 0, 0] == 0:
+            raise ValueError("a model that refuses black")
+        return picture
+
+    jobs[3].source.write_bytes(b"")
+    shutil.copy(EXAMPLES / "chelsea.png", jobs[4].source)
+    black = pipeline.read_picture(jobs[4].source)
+    black.color[0, 0, 0] = 0
+    pipeline.encode_picture(black, "PNG", jobs[4].source)
+    outcomes = list(pipeline.run_jobs(jobs, upscale))
+    assert [o.error for o in outcomes] == [
+        None,
+        "not a readable image (unknown or corrupt format)",
+        "File exists",  # the OSError's own words (mkdir of the folder), not its repr
+        "empty file",
+        "ValueError: a model that refuses black",
+    ]
+    assert [o.input_pixels for o in outcomes] == [112 * 75, 0, 112 * 75, 0, 112 * 75]
+    summary = pipeline.Summary()
+    for outcome in outcomes:
+        summary.add(outcome)
+    assert (summary.done, summary.failed, summary.input_pixels) == (1, 4, 112 * 75)
