@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from upscaler.engine import pipeline
 from upscaler.io.files import Job
@@ -32,7 +33,10 @@ def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypa
     second_read = threading.Event()
     real_read = pipeline.read_picture
 
+    threads: set[str] = set()
+
     def read(path: Path) -> Picture:
+        threads.add(threading.current_thread().name)
         picture = real_read(path)
         if path.stem == "001":
             second_read.set()
@@ -42,10 +46,20 @@ def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypa
         assert second_read.wait(timeout=30), "the second file was not decoded while the model worked on the first"
         return picture
 
+    real_write = pipeline._write
+
+    def write(job: Job, picture: Picture) -> None:
+        threads.add(threading.current_thread().name)
+        real_write(job, picture)
+
     monkeypatch.setattr(pipeline, "read_picture", read)
+    monkeypatch.setattr(pipeline, "_write", write)
     outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 6), upscale, lookahead=3))
     assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(6)]  # in order
     assert all(o.ok for o in outcomes) and [o.input_pixels for o in outcomes] == [112 * 75] * 6
+    readers = {name for name in threads if name.startswith("read_")}
+    writers = {name for name in threads if name.startswith("write_")}
+    assert readers and writers and readers | writers == threads  # named for the debugger and py-spy
 
 
 class Immediate(Executor):
@@ -106,21 +120,88 @@ def test_reads_ahead_and_writes_queued_are_bounded_by_the_lookahead_exactly(tmp_
     assert len(list((tmp_path / "out").iterdir())) == 8
 
 
-def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("alpha", [False, True])
+def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path, alpha: bool) -> None:
     """Room for two decoded pictures: two are held (read ahead or waiting to be written), never three."""
-    size = pipeline.read_picture(EXAMPLES / "chelsea.png").color.nbytes
-    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=8, max_bytes=2 * size)
+    jobs = _jobs(tmp_path, 8)
+    if alpha:  # the alpha plane counts too
+        rgba = Image.open(EXAMPLES / "chelsea.png").convert("RGBA")
+        for job in jobs:
+            rgba.save(job.source)
+    first = pipeline.read_picture(jobs[0].source)
+    size = first.color.nbytes + (first.alpha.nbytes if first.alpha is not None else 0)
+    runner, queued = _stepwise(jobs, lookahead=8, max_bytes=2 * size)
     assert all(o.ok for o in runner) and len(queued) == 8
     assert max(ahead + writes for ahead, writes in queued) == 2
-    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=8, max_bytes=3 * size)
+    runner, queued = _stepwise(jobs, lookahead=8, max_bytes=3 * size)
     assert all(o.ok for o in runner)
     assert max(ahead + writes for ahead, writes in queued) == 3
 
 
 def test_lookahead_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="lookahead must be at least 1"):
+    with pytest.raises(ValueError, match="^lookahead must be at least 1$"):
         pipeline.JobRunner([], lambda picture: picture, lookahead=0)
     assert list(pipeline.run_jobs([], lambda picture: picture, lookahead=1)) == []
+
+
+def test_defaults_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[int, int, int]] = []
+
+    class Recording(pipeline.JobRunner):
+        def __init__(self, jobs: list[Job], upscale: pipeline.Upscale, lookahead: int, workers: int, max_bytes: int) -> None:
+            made.append((lookahead, workers, max_bytes))
+            super().__init__(jobs, upscale, lookahead, workers, max_bytes)
+
+    default = pipeline.JobRunner([], lambda picture: picture)
+    assert (default.lookahead, default.max_bytes, default.readers._max_workers, default.writers._max_workers) == (4, 512 << 20, 2, 2)
+    monkeypatch.setattr(pipeline, "JobRunner", Recording)
+    list(pipeline.run_jobs([], lambda picture: picture))
+    list(pipeline.run_jobs([], lambda picture: picture, 2, 3, 1000))
+    assert made == [(4, 2, 512 << 20), (2, 3, 1000)]
+
+
+def test_before_any_size_is_known_reads_start_at_most_two(tmp_path: Path) -> None:
+    """A read not yet finished counts as a whole budget: no third decode starts until a size is known."""
+    runner, queued = _stepwise(_jobs(tmp_path, 6), lookahead=4)
+    runner.readers = Deferred()  # type: ignore[assignment]  # decodes wait until awaited: sizes stay unknown
+    assert all(o.ok for o in runner)
+    assert queued[0][0] == 2  # the first two; "one at a time" is what the comment promises (see the xfail below)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: with no size known yet the admission test admits a second read "
+                                       "(engine/pipeline.py __iter__: held + largest <= max_bytes with largest 0)")
+def test_before_any_size_is_known_reads_start_one_at_a_time(tmp_path: Path) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 3), lookahead=4)
+    runner.readers = Deferred()  # type: ignore[assignment]
+    list(runner)
+    assert queued[0][0] == 1
+
+
+def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
+    source = _jobs(tmp_path, 1)[0].source
+    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], lambda picture: picture))
+    assert outcomes[0].ok
+    with Image.open(tmp_path / "out" / "000.img") as img:
+        assert img.format == "TIFF"
+
+
+def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
+    outcomes = pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture: picture, lookahead=4)
+    next(outcomes)
+    outcomes.close()  # run_jobs' finally: close() waits for every write already started
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert names and all(not name.startswith(".") for name in names)  # no temporary left half-written
+    for name in names:
+        with Image.open(tmp_path / "out" / name) as img:
+            img.load()
+
+
+def test_skip_existing_splits_by_what_is_on_disk(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, 3)
+    (tmp_path / "out").mkdir()
+    jobs[1].target.write_bytes(b"done before")
+    todo, present = pipeline.skip_existing(jobs)
+    assert todo == [jobs[0], jobs[2]] and present == [jobs[1].target]
 
 
 def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
@@ -201,6 +282,8 @@ def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
     def upscale(picture: Picture) -> Picture:
         if picture.color[0, 0, 0] == 0:
             raise ValueError("a model that refuses black")
+        if picture.color[0, 0, 0] == 1:
+            raise OSError("device lost")
         return picture
 
     jobs[3].source.write_bytes(b"")
@@ -208,16 +291,22 @@ def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
     black = pipeline.read_picture(jobs[4].source)
     black.color[0, 0, 0] = 0
     pipeline.encode_picture(black, "PNG", jobs[4].source)
-    outcomes = list(pipeline.run_jobs(jobs, upscale))
+    (tmp_path / "more").mkdir()
+    lost = _jobs(tmp_path / "more", 2)
+    black.color[0, 0, 0] = 1
+    pipeline.encode_picture(black, "PNG", lost[1].source)
+    outcomes = list(pipeline.run_jobs(jobs + lost, upscale))
     assert [o.error for o in outcomes] == [
         None,
         "not a readable image (unknown or corrupt format)",
         "File exists",  # the OSError's own words (mkdir of the folder), not its repr
         "empty file",
         "ValueError: a model that refuses black",
+        None,
+        "device lost",  # an OSError without an errno: its message
     ]
-    assert [o.input_pixels for o in outcomes] == [112 * 75, 0, 112 * 75, 0, 112 * 75]
+    assert [o.input_pixels for o in outcomes] == [112 * 75, 0, 112 * 75, 0, 112 * 75, 112 * 75, 112 * 75]
     summary = pipeline.Summary()
     for outcome in outcomes:
         summary.add(outcome)
-    assert (summary.done, summary.failed, summary.input_pixels) == (1, 4, 112 * 75)
+    assert (summary.done, summary.failed, summary.input_pixels) == (2, 5, 2 * 112 * 75)
