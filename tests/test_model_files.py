@@ -84,7 +84,7 @@ def test_card_defaults_for_optional_fields() -> None:
     ({"provenance": "3"}, "m: metadata provenance must be a JSON object, got int"),
 ])
 def test_card_refuses_each_bad_field_in_one_line(changes: dict[str, str | None], message: str) -> None:
-    with pytest.raises(ModelError, match=message if "\\" in message else message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(ModelError, match="^" + (message if "\\" in message else message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\["))):
         ModelCard.from_metadata(_metadata(**changes), "m")
 
 
@@ -172,7 +172,7 @@ def test_unsupported_files_and_unknown_architectures_are_named(tmp_path: Path) -
         load_model(str(other))
     bare = tmp_path / "weights"
     bare.write_text("x")
-    with pytest.raises(ModelError, match=r"weights: unsupported model file type '\(none\)'"):
+    with pytest.raises(ModelError, match=r"weights: unsupported model file type '\(none\)'; use one of"):
         load_model(str(bare))
     path = save_random_model(tmp_path / "m.safetensors", channels=4, blocks=1)
     _rewrite(path, {**_read_metadata(path), "arch": "nonesuch"})
@@ -215,9 +215,9 @@ def test_imported_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.M
     assert resolve_model_path("b") == folder / "b.safetensors"
     assert resolve_model_path("default").name == "default.safetensors"
     assert resolve_model_path(str(folder / "b.safetensors")) == folder / "b.safetensors"
-    with pytest.raises(ModelError, match=r"model '.*models': not a file"):
+    with pytest.raises(ModelError, match=r"^model '.*models': not a file$"):
         resolve_model_path(str(folder))
-    with pytest.raises(FileNotFoundError, match=r"model 'zzz': no such file and no built-in model of that name "
+    with pytest.raises(FileNotFoundError, match=r"^model 'zzz': no such file and no built-in model of that name "
                                                 r"\(built-in: default; imported: a, b in .*models\)"):
         resolve_model_path("zzz")
 
@@ -256,7 +256,7 @@ PROBE = Architecture("probe", _Probe, {"scale": 2, "width": 5, "gain": 1.0, "act
     ({"bias": 1}, "probe: bias must be a bool, got 1"),
 ])
 def test_hyper_parameters_are_typed_and_bounded(params: object, message: str) -> None:
-    with pytest.raises(ModelError, match=message):
+    with pytest.raises(ModelError, match="^" + message):
         PROBE.checked_params(params)  # type: ignore[arg-type]
 
 
@@ -266,7 +266,7 @@ def test_hyper_parameters_at_their_bounds_are_accepted() -> None:
     assert isinstance(PROBE.checked_params({"gain": 3})["gain"], float)
     assert PROBE.checked_params({"scale": 1, "width": 0, "gain": 0})["scale"] == 1
     assert INT_BOUNDS["scale"] == (1, 8)
-    with pytest.raises(ModelError, match="probe: gain has an unsupported type"):
+    with pytest.raises(ModelError, match="^probe: gain has an unsupported type$"):
         Architecture("probe", _Probe, {"gain": [1]}, "").checked_params({})
 
 
@@ -284,7 +284,7 @@ def test_registered_defaults_come_from_the_constructor(monkeypatch: pytest.Monke
     assert isinstance(built, _Probe) and built.shuffle.upscale_factor == 3
     meta = arch.build_on_meta({"scale": 3})
     assert next(meta.parameters()).is_meta and count_parameters(meta) == 3 * 27 + 27
-    with pytest.raises(ModelError, match=r"unknown architecture \['x'\] \(known: .*probe-plain, probe-registered"):
+    with pytest.raises(ModelError, match=r"^unknown architecture \['x'\] \(known: .*probe-plain, probe-registered"):
         get_architecture(["x"])  # type: ignore[arg-type]
 
 

@@ -74,7 +74,7 @@ def test_the_default_cpu_budget_is_a_quarter_of_free_memory_capped(monkeypatch: 
     ({"tile": 32, "overlap": 16}, "overlap 16 must be at least 0 and under half the tile"),
 ])
 def test_what_cannot_run_here_is_refused(changes: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         plan_run(dataclasses.replace(RunSettings(model="m", device="cpu"), **changes), _model())
 
 
