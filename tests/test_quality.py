@@ -192,3 +192,10 @@ def test_bicubic_reproduces_the_published_set5_row() -> None:
     score = score_dataset(bicubic_upscaler(4), dataset("Set5"), 4)
     assert score.psnr == pytest.approx(28.42, abs=0.02)
     assert score.ssim == pytest.approx(0.8104, abs=0.0015)
+
+
+def test_imresize_keeps_the_images_dtype() -> None:
+    image = torch.from_numpy(np.random.default_rng(2).random((3, 9, 11)))
+    single = imresize(image.float(), 0.5)
+    assert single.dtype == torch.float32
+    assert torch.allclose(single.double(), imresize(image, 0.5), atol=1e-6)
