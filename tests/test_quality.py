@@ -64,8 +64,11 @@ def test_psnr_y_crops_exactly_the_border() -> None:
     outside = reference.copy()
     outside[1, :] = outside[:, 1] = outside[-2, :] = outside[:, -2] = 0
     assert psnr_y(outside, reference, 2) == math.inf
-    # border 0 keeps everything
+    # border 0 keeps everything; border 1 crops exactly one pixel
     assert psnr_y(outside, reference, 0) < 20
+    ring = reference.copy()
+    ring[0, :] = ring[:, -1] = 0
+    assert psnr_y(ring, reference, 1) == math.inf and psnr_y(ring, reference, 0) < 20
 
 
 # -- SSIM -----------------------------------------------------------------------------------------
