@@ -310,3 +310,32 @@ def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
     for outcome in outcomes:
         summary.add(outcome)
     assert (summary.done, summary.failed, summary.input_pixels) == (2, 5, 2 * 112 * 75)
+
+
+def test_an_interruption_does_not_wait_for_reads_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a big file is still decoding: the runner lets go at once, the decode finishes on its own."""
+    reading, release = threading.Event(), threading.Event()
+    real_read = pipeline.read_picture
+
+    def read(path: Path) -> Picture:
+        if path.stem == "001":
+            reading.set()
+            release.wait(timeout=60)
+        return real_read(path)
+
+    def upscale(picture: Picture) -> Picture:
+        assert reading.wait(timeout=60)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "read_picture", read)
+    watchdog = threading.Timer(30, release.set)  # only a runner that waits for the read ever gets this far
+    watchdog.start()
+    runner = pipeline.JobRunner(_jobs(tmp_path, 4), upscale, lookahead=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(runner)
+        assert not release.is_set(), "the interrupted runner waited for a read in progress"
+    finally:
+        release.set()
+        watchdog.cancel()
+        runner.close()
