@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from upscaler.io.images import Picture, encode_picture, read_picture
+from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 
 from .conftest import photo_array
 
@@ -208,3 +208,53 @@ def test_jpeg_and_webp_quality_is_high(tmp_path: Path) -> None:
         assert np.abs(again - photo).mean() < (2.5 if fmt == "JPEG" else 3.5), fmt
     with Image.open(tmp_path / "q.jpg") as img:
         assert img.layers == 3 and getattr(img, "layer", None) and all(h == v == 1 for _, h, v, _ in img.layer)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"just some text"), r"not a readable image \(unknown or corrupt format\)"),
+    (lambda p: Image.fromarray(_photo()).save(p, "GIF"), "unsupported image format GIF"),
+    (lambda p: Image.fromarray(_photo()[..., 0].astype(np.float32)).save(p, "TIFF"), "unsupported pixel mode F"),
+])
+def test_unreadable_files_say_why_in_one_line(tmp_path: Path, make: object, message: str) -> None:
+    path = tmp_path / "bad.img"
+    make(path)  # type: ignore[operator]
+    with pytest.raises(PictureError, match=f"^{message}$"):
+        read_picture(path)
+
+
+def test_truncated_files_say_so(tmp_path: Path) -> None:
+    encode_picture(Picture(_deep(_photo()), None, "PNG"), "PNG", tmp_path / "deep.png")
+    whole = (tmp_path / "deep.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(PictureError, match=r"^corrupt or truncated image \(image file is truncated\)$"):
+        read_picture(tmp_path / "cut.png")
+
+
+def test_thirty_two_bit_gray_is_clipped_to_sixteen(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[-5, 70000, 1234]], dtype=np.int32)).save(tmp_path / "i.tif")
+    picture = read_picture(tmp_path / "i.tif")
+    assert picture.color.dtype == np.uint16 and picture.color.tolist() == [[0, 65535, 1234]]
+
+
+def test_the_bomb_guard_names_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(_photo()).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 24 * 32 // 2 - 1)  # over twice the limit: an error, not a warning
+    with pytest.raises(PictureError, match=r"^refused by the decompression-bomb guard: Image size \(768 pixels\) exceeds"):
+        read_picture(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 24 * 32 - 1)  # over the limit only: Pillow's warning, refused too
+    with pytest.raises(PictureError, match=r"^refused by the decompression-bomb guard: Image size \(768 pixels\) exceeds"):
+        read_picture(tmp_path / "big.png")
+
+
+def test_ffmpeg_failures_are_one_line(tmp_path: Path) -> None:
+    from upscaler.io.images import _ffmpeg
+
+    with pytest.raises(PictureError, match=r"^ffmpeg failed: .*No such file"):
+        _ffmpeg(["-i", str(tmp_path / "absent.png"), "-f", "null", "-"], b"")
+
+
+def test_tiff_is_deflate_compressed(tmp_path: Path) -> None:
+    encode_picture(Picture(_photo(), None, "PNG"), "TIFF", tmp_path / "c.tif")
+    with Image.open(tmp_path / "c.tif") as img:
+        assert img.info["compression"] == "tiff_adobe_deflate"
