@@ -63,6 +63,9 @@ def test_the_default_cpu_budget_is_a_quarter_of_free_memory_capped(monkeypatch: 
     monkeypatch.setattr(plan_module, "available_memory", lambda device: free)
     plan = plan_run(RunSettings(model="m", device="cpu", precision="fp32"), _model())
     assert plan.tiles.max_tile_pixels == budget // 2 // (12 * 4 * 3 + 48)
+    assert isinstance(plan.tiles.max_tile_pixels, int) and isinstance(plan.tiles.max_band_pixels, int)
+    gpu_budget = plan_module._default_budget(torch.device("cuda"))
+    assert gpu_budget == free // 2 and isinstance(gpu_budget, int)  # a GPU: half its free memory
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -99,14 +102,16 @@ def test_onnx_models_run_on_the_cpu() -> None:
 
 
 def test_tile_plans_make_their_grids() -> None:
-    auto = TilePlan(tile=None, overlap=8, max_tile_pixels=5000, max_band_pixels=9000, static_shape=False, multiple=2)
-    assert auto.grid(150, 130) == even_grid(150, 130, 5000, 8, 2, 9000)
+    auto = TilePlan(tile=None, overlap=8, max_tile_pixels=5000, max_band_pixels=4000, static_shape=False, multiple=2)
+    assert auto.grid(150, 130) == even_grid(150, 130, 5000, 8, 2, 4000)
+    assert auto.grid(150, 130).tile_w == 130  # the band limit splits rows, not columns
     fixed = dataclasses.replace(auto, tile=64)
-    assert fixed.grid(50, 130) == fixed_grid(50, 130, 64, 8, fit=True, multiple=2)
+    assert fixed.grid(51, 131) == fixed_grid(51, 131, 64, 8, fit=True, multiple=2)
+    assert (fixed.grid(51, 131).height, fixed.grid(51, 131).width) == (52, 132)  # odd sizes padded to the multiple
     static = dataclasses.replace(auto, static_shape=True)
-    assert static.grid(50, 130) == fixed_grid(50, 130, STATIC_PHOTO_TILE, 8, fit=False, multiple=2)
+    assert static.grid(51, 131) == fixed_grid(51, 131, STATIC_PHOTO_TILE, 8, fit=False, multiple=2)
     assert static.grid(50, 130).tile_h == 512
-    assert dataclasses.replace(static, tile=64).grid(50, 130) == fixed_grid(50, 130, 64, 8, fit=False, multiple=2)
+    assert dataclasses.replace(static, tile=62).grid(51, 131) == fixed_grid(51, 131, 62, 8, fit=False, multiple=2)
     # a stream of equal frames: auto tiles become one even split, unless the engine cannot take new shapes cheaply
     assert static.for_frames() == auto
     frozen = dataclasses.replace(static, reshapeable=False)
