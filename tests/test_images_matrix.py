@@ -207,7 +207,8 @@ def test_jpeg_and_webp_quality_is_high(tmp_path: Path) -> None:
         again = read_picture(tmp_path / f"q{OUTPUTS[fmt]}").color.astype(int)
         assert np.abs(again - photo).mean() < (2.5 if fmt == "JPEG" else 3.5), fmt
     with Image.open(tmp_path / "q.jpg") as img:
-        assert img.layers == 3 and getattr(img, "layer", None) and all(h == v == 1 for _, h, v, _ in img.layer)
+        layers = getattr(img, "layer", [])
+        assert len(layers) == 3 and all(h == v == 1 for _, h, v, _ in layers)
 
 
 @pytest.mark.parametrize(("make", "message"), [

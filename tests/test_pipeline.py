@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -186,7 +186,7 @@ def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
 
 
 def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
-    outcomes = pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture: picture, lookahead=4)
+    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture: picture, lookahead=4))
     next(outcomes)
     outcomes.close()  # run_jobs' finally: close() waits for every write already started
     names = [p.name for p in (tmp_path / "out").iterdir()]
@@ -263,7 +263,7 @@ def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> Non
 
 def test_an_interruption_finishes_exactly_the_writes_already_queued(tmp_path: Path) -> None:
     runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=3)
-    iterator = iter(runner)
+    iterator = cast(Generator[pipeline.Outcome, None, None], iter(runner))
     first = next(iterator)  # the fourth write queued forced the first one out
     assert first.ok and first.job.source.stem == "000" and queued[-1] == (3, 3)
     iterator.close()  # as Ctrl-C would, with three writes queued and reads decoded ahead

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def test_the_default_cpu_budget_is_a_quarter_of_free_memory_capped(monkeypatch: 
     ({"compile": True}, "--cuda-graphs and --compile need a CUDA device"),
     ({"tile": 32, "overlap": 16}, "overlap 16 must be at least 0 and under half the tile"),
 ])
-def test_what_cannot_run_here_is_refused(changes: dict[str, object], message: str) -> None:
+def test_what_cannot_run_here_is_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         plan_run(dataclasses.replace(RunSettings(model="m", device="cpu"), **changes), _model())
 
