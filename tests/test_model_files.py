@@ -275,8 +275,15 @@ def test_registered_defaults_come_from_the_constructor(monkeypatch: pytest.Monke
     register("probe-registered", "a probe", size_multiple=lambda p: 4, supports_fp16=False)(_Probe)
     arch = get_architecture("probe-registered")
     assert arch.defaults == {"scale": 2, "width": 5, "gain": 1.0, "act": "relu", "bias": True}
-    assert (arch.factory, arch.summary, arch.size_multiple({}), arch.supports_fp16, arch.supports_bf16) == (
-        _Probe, "a probe", 4, False, True)
+    assert (arch.name, arch.factory, arch.summary, arch.size_multiple({}), arch.supports_fp16, arch.supports_bf16) == (
+        "probe-registered", _Probe, "a probe", 4, False, True)
+
+    class Required(_Probe):
+        def __init__(self, width: int, scale: int = 2) -> None:
+            super().__init__(scale=scale, width=width)
+
+    register("probe-required", "required width")(Required)
+    assert get_architecture("probe-required").defaults == {"scale": 2}  # only keyword defaults are hyper-parameters
     register("probe-plain", "plain")(_Probe)
     plain = get_architecture("probe-plain")
     assert plain.size_multiple({}) == 1 and plain.supports_fp16 and plain.detect is None
