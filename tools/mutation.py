@@ -53,25 +53,37 @@ def _scratch_config(module: str, tests: list[str]) -> str:
     )
 
 
-def run_module(module: str, tests: list[str], jobs: int) -> dict[str, str]:
-    """Mutate `module` in a fresh scratch copy and return each mutant's status."""
-    work = SCRATCH / module.replace("/", ".").removesuffix(".py")
+def _scratch(module: str) -> Path:
+    return SCRATCH / module.replace("/", ".").removesuffix(".py")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what is imported
+    env.setdefault("UPSCALER_DATASETS", str(ROOT.parent / "shared" / "datasets"))
+    return env
+
+
+def run_module(module: str, tests: list[str], jobs: int) -> None:
+    """Mutate `module` in a fresh scratch copy, testing every mutant."""
+    work = _scratch(module)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for folder in ("upscaler", "tests", "examples"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "pyproject.toml").write_text(_scratch_config(module, tests))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what is imported
-    env.setdefault("UPSCALER_DATASETS", str(ROOT.parent / "shared" / "datasets"))
-    log = work / "mutmut.log"
-    with log.open("w") as out:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=work, env=env,
+    with (work / "mutmut.log").open("w") as out:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=work, env=_env(),
                        stdout=out, stderr=subprocess.STDOUT, check=False)
-    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
-                             capture_output=True, text=True, check=False).stdout
+
+
+def statuses_of(module: str) -> dict[str, str]:
+    """Each mutant's status from the module's last run (mutants not reached yet are "not checked")."""
+    work = _scratch(module)
+    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=_env(),
+                             capture_output=True, text=True, check=False).stdout if work.is_dir() else ""
     statuses = dict(re.findall(r"^\s+(\S+__mutmut_\d+): (.+)$", listing, re.MULTILINE))
     if not statuses:
-        print(f"{module}: mutmut produced no results; see {log}", file=sys.stderr)
+        print(f"{module}: no mutmut results; see {work / 'mutmut.log'}", file=sys.stderr)
     return statuses
 
 
@@ -95,6 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="module paths (default: all in pyproject.toml)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    parser.add_argument("--results", action="store_true", help="only print the scores of the last run (no new run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list the surviving mutants (`mutmut show NAME` in the scratch folder)")
     args = parser.parse_args()
     config = targets()
@@ -105,7 +118,9 @@ def main() -> int:
     equivalent = equivalent_mutants()
     below = []
     for module in modules:
-        killed, total = report(module, run_module(module, config[module], args.jobs), equivalent, args.verbose)
+        if not args.results:
+            run_module(module, config[module], args.jobs)
+        killed, total = report(module, statuses_of(module), equivalent, args.verbose)
         if not total or killed < 0.8 * total:
             below.append(module)
     if below:
