@@ -259,3 +259,17 @@ def test_tiff_is_deflate_compressed(tmp_path: Path) -> None:
     encode_picture(Picture(_photo(), None, "PNG"), "TIFF", tmp_path / "c.tif")
     with Image.open(tmp_path / "c.tif") as img:
         assert img.info["compression"] == "tiff_adobe_deflate"
+
+
+def test_narrowing_and_flattening_round_to_nearest_everywhere() -> None:
+    """Every 16-bit value, and every 8-bit colour over every alpha, against the float formula rounded."""
+    from upscaler.io.images import _flatten_on_white, _narrow
+
+    deep = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(_narrow(deep), np.round(deep / 257).astype(np.uint8))
+    c, a = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    flat = _flatten_on_white(Picture(c.astype(np.uint8), a.astype(np.uint8), "PNG"))
+    assert flat.alpha is None
+    assert np.array_equal(flat.color, np.round((c * a + 255 * (255 - a)) / 255).astype(np.uint8))
+    rgb = _flatten_on_white(Picture(np.dstack([c, c, 255 - c]).astype(np.uint8), a.astype(np.uint8), "PNG"))
+    assert np.array_equal(rgb.color[..., 2], np.round(((255 - c) * a + 255 * (255 - a)) / 255).astype(np.uint8))
