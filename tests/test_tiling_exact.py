@@ -34,6 +34,7 @@ def test_axis_starts(args: tuple[int, ...], starts: tuple[int, ...]) -> None:
     ((100, 40, 3), (0, 30, 60)),
     ((100, 40, 4), (0, 20, 40, 60)),
     ((100, 40, 3, 4), (0, 32, 60)),  # 30 / 4 = 7.5 rounds to 8 multiples
+    ((101, 40, 3), (0, 30, 61)),  # by default any pixel: 30.5 rounds to even, 61 stays odd
 ])
 def test_even_starts(args: tuple[int, ...], starts: tuple[int, ...]) -> None:
     assert even_starts(*args) == starts
@@ -74,6 +75,41 @@ def test_even_grid_picks_the_fewest_computed_pixels_then_the_fewest_rows() -> No
     assert even_grid(100, 20, 39 * 20, 8) == TileGrid(100, 20, 39, 20, (0, 30, 61), (0,), 8)
     assert even_grid(50, 50, 1_000_000, 0, multiple=8) == TileGrid(56, 56, 56, 56, (0,), (0,), 0)
     assert even_grid(50, 50, 40 * 56, 4, multiple=8) == TileGrid(56, 56, 56, 32, (0,), (0, 24), 4)
+
+
+def test_even_grid_minimises_computed_pixels() -> None:
+    # two rows of 10 x 29 compute 580 pixels, two columns of 20 x 15 compute 600
+    assert even_grid(20, 29, 300, 0) == TileGrid(20, 29, 10, 29, (0, 10), (0,), 0)
+
+
+@pytest.mark.parametrize(("height", "width", "budget", "grid"), [
+    # tiles may not shrink to twice the overlap (16 here): 19 rows of 40 in three tiles, not 16 in four
+    (40, 20, 19 * 20, TileGrid(40, 20, 19, 20, (0, 10, 21), (0,), 8)),
+    (20, 40, 20 * 19, TileGrid(20, 40, 20, 19, (0,), (0, 10, 21), 8)),
+    (40, 20, 16 * 20, None),
+    (20, 40, 20 * 16, None),
+    (24, 20, 16 * 20, None),  # two rows would be exactly 16 high
+    (20, 24, 20 * 16, None),
+    # an image smaller than twice the overlap is still one whole tile
+    (30, 30, 10**6, TileGrid(30, 30, 30, 30, (0,), (0,), 8)),
+])
+def test_even_grid_keeps_tiles_wider_than_twice_the_overlap(height: int, width: int, budget: int, grid: TileGrid | None) -> None:
+    if grid is None:
+        with pytest.raises(ValueError, match="cannot be split"):
+            even_grid(height, width, budget, 8)
+    else:
+        assert even_grid(height, width, budget, 8) == grid
+
+
+def test_even_grid_uses_at_most_64_rows_and_columns() -> None:
+    assert even_grid(640, 1, 10, 0).ys == tuple(range(0, 640, 10))  # 64 rows of 10
+    with pytest.raises(ValueError, match="cannot be split"):
+        even_grid(650, 1, 10, 0)  # would need 65
+    assert even_grid(1, 640, 10, 0).xs == tuple(range(0, 640, 10))
+    with pytest.raises(ValueError, match="cannot be split"):
+        even_grid(1, 650, 10, 0)
+    # the band limit gives way at 64 rows rather than fail
+    assert even_grid(640, 100, 10**6, 0, max_band_pixels=1) == TileGrid(640, 100, 10, 100, tuple(range(0, 640, 10)), (0,), 0)
 
 
 def test_even_grid_refuses_what_cannot_be_split() -> None:
