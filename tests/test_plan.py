@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,55 @@ def test_the_plan_describes_itself() -> None:
                               compile=True, tiles=dataclasses.replace(tiles, tile=256))
     assert gpu.describe() == "tensorrt cuda fp16, 2 stream(s), CUDA graphs, torch.compile, 256px tiles"
     assert dataclasses.replace(base, dtype=torch.bfloat16).describe() == "torch cpu bf16, auto tiles"
+
+
+@pytest.fixture
+def gpu(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Plan as on a CUDA machine (only the plan's own decisions run: no kernel is launched)."""
+
+    def machine(tensorrt: bool) -> None:
+        monkeypatch.setattr(plan_module, "resolve_device", lambda spec: torch.device("cpu" if spec == "cpu" else "cuda"))
+        monkeypatch.setattr(plan_module, "tensorrt_available", lambda: tensorrt)
+
+    return machine
+
+
+def _gpu_plan(**changes: Any) -> RunPlan:
+    return plan_run(RunSettings(model="m", device="cuda", memory_budget_mib=16, **changes), _model())
+
+
+def test_a_gpu_with_tensorrt_gets_static_tensorrt_engines(gpu: Callable[[bool], None]) -> None:
+    gpu(True)
+    plan = _gpu_plan()
+    assert (plan.device.type, plan.dtype, plan.backend) == ("cuda", torch.float16, "tensorrt")
+    assert plan.tiles.static_shape and not plan.tiles.reshapeable
+    assert _gpu_plan(precision="fp32").backend == "tensorrt"
+    torch_plan = _gpu_plan(backend="torch")
+    assert torch_plan.backend == "torch" and not torch_plan.tiles.static_shape and torch_plan.tiles.reshapeable
+    graphs = _gpu_plan(backend="torch", cuda_graphs=True)
+    assert graphs.tiles.static_shape and graphs.tiles.reshapeable
+    assert _gpu_plan(precision="bf16").backend == "torch"  # TensorRT engines here are fp16 or fp32
+    with pytest.raises(ValueError, match="^--backend tensorrt runs fp16 or fp32 engines; bf16 is a torch-only precision$"):
+        _gpu_plan(precision="bf16", backend="tensorrt")
+
+
+def test_a_gpu_without_tensorrt_runs_torch(gpu: Callable[[bool], None]) -> None:
+    gpu(False)
+    plan = _gpu_plan()
+    assert (plan.backend, plan.dtype, plan.tiles.static_shape) == ("torch", torch.float16, False)
+    with pytest.raises(ValueError, match=r"^--backend tensorrt: TensorRT is not installed \(pip install 'upscaler\[tensorrt\]' "
+                                         r"on an NVIDIA machine\)$"):
+        _gpu_plan(backend="tensorrt")
+
+
+def test_onnx_models_stay_on_the_cpu_of_a_gpu_machine(gpu: Callable[[bool], None]) -> None:
+    gpu(True)
+    model = _model()
+    model.descriptor.runtime = "onnxruntime"
+    plan = plan_run(RunSettings(model="m", precision="fp32", memory_budget_mib=16), model)
+    assert (plan.device.type, plan.backend) == ("cpu", "torch")
+    assert plan_run(RunSettings(model="m", device="cpu", precision="fp32", memory_budget_mib=16), model).device.type == "cpu"
+    with pytest.raises(ValueError, match="^memory: ONNX models run on onnxruntime on the CPU here; `upscale compile --model` "
+                                         "builds a TensorRT engine from them for the GPU$"):
+        plan_run(RunSettings(model="m", device="cuda", memory_budget_mib=16), model)
+    assert _gpu_plan().device.type == "cuda"  # a torch model does use the GPU
