@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from PIL import Image
 
 from upscaler.engine import pipeline
 from upscaler.io.files import Job
@@ -25,36 +28,180 @@ def _jobs(tmp_path: Path, count: int) -> list[Job]:
     return jobs
 
 
-def test_bounded_lookahead_and_overlapped_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lock = threading.Lock()
-    state = {"decoded": 0, "consumed": 0, "max_ahead": 0}
-    events: list[str] = []
+def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's first call waits for the second file's decode: it can only finish if reads run ahead, in parallel."""
+    second_read = threading.Event()
     real_read = pipeline.read_picture
 
-    def counting_read(path: Path) -> Picture:
+    threads: set[str] = set()
+
+    def read(path: Path) -> Picture:
+        threads.add(threading.current_thread().name)
         picture = real_read(path)
-        with lock:
-            state["decoded"] += 1
-            state["max_ahead"] = max(state["max_ahead"], state["decoded"] - state["consumed"])
-            events.append(f"read {path.stem}")
+        if path.stem == "001":
+            second_read.set()
         return picture
 
-    def slow_upscale(picture: Picture) -> Picture:
-        with lock:
-            state["consumed"] += 1
-        time.sleep(0.02)  # the model working
-        with lock:
-            events.append("upscaled")
+    def upscale(picture: Picture) -> Picture:
+        assert second_read.wait(timeout=30), "the second file was not decoded while the model worked on the first"
         return picture
 
-    monkeypatch.setattr(pipeline, "read_picture", counting_read)
-    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 24), slow_upscale, lookahead=3))
-    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(24)]  # in order
-    assert all(o.ok for o in outcomes)
-    assert state["max_ahead"] <= 3
-    # Decoding ran ahead of the model: later files were read before earlier ones finished.
-    first_upscaled = events.index("upscaled")
-    assert sum(e.startswith("read") for e in events[:first_upscaled]) >= 2
+    real_write = pipeline._write
+
+    def write(job: Job, picture: Picture) -> None:
+        threads.add(threading.current_thread().name)
+        real_write(job, picture)
+
+    monkeypatch.setattr(pipeline, "read_picture", read)
+    monkeypatch.setattr(pipeline, "_write", write)
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 6), upscale, lookahead=3))
+    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(6)]  # in order
+    assert all(o.ok for o in outcomes) and [o.input_pixels for o in outcomes] == [112 * 75] * 6
+    readers = {name for name in threads if name.startswith("read_")}
+    writers = {name for name in threads if name.startswith("write_")}
+    assert readers and writers and readers | writers == threads  # named for the debugger and py-spy
+
+
+class Immediate(Executor):
+    """Runs each task as it is submitted: a read is decoded the moment the runner asks for it."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = _Lazy(lambda: fn(*args, **kwargs))
+        future.result()
+        return future
+
+
+class Deferred(Executor):
+    """Runs each task when its result is first asked for: a write stays in flight until the runner awaits it."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return _Lazy(lambda: fn(*args, **kwargs))
+
+
+class _Lazy(Future):  # type: ignore[type-arg]
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__()
+        self._call = call
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            try:
+                self.set_result(self._call())
+            except Exception as exc:  # noqa: BLE001 (handed to the caller, as a Future does)
+                self.set_exception(exc)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return None if not self.done() else super().exception(timeout)
+
+
+def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT_LOOKAHEAD_BYTES) -> tuple[pipeline.JobRunner, list[tuple[int, int]]]:
+    """A runner that reads at once and writes only when it awaits a write; records (pictures read ahead, writes queued) per model call."""
+    queued: list[tuple[int, int]] = []
+
+    def upscale(picture: Picture) -> Picture:
+        queued.append((len(runner.reads) + 1, len(runner.writes)))
+        return picture
+
+    runner = pipeline.JobRunner(jobs, upscale, lookahead=lookahead, max_bytes=max_bytes)
+    runner.readers.shutdown()
+    runner.writers.shutdown()
+    runner.readers, runner.writers = Immediate(), Deferred()  # type: ignore[assignment]
+    return runner, queued
+
+
+@pytest.mark.parametrize("lookahead", [2, 3])
+def test_reads_ahead_and_writes_queued_are_bounded_by_the_lookahead_exactly(tmp_path: Path, lookahead: int) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead)
+    outcomes = list(runner)
+    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(8)] and all(o.ok for o in outcomes)
+    assert max(ahead for ahead, _ in queued) == lookahead
+    assert max(writes for _, writes in queued) == lookahead  # one more and the oldest is awaited first
+    assert len(list((tmp_path / "out").iterdir())) == 8
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path, alpha: bool) -> None:
+    """Room for two decoded pictures: two are held (read ahead or waiting to be written), never three."""
+    jobs = _jobs(tmp_path, 8)
+    if alpha:  # the alpha plane counts too
+        rgba = Image.open(EXAMPLES / "chelsea.png").convert("RGBA")
+        for job in jobs:
+            rgba.save(job.source)
+    first = pipeline.read_picture(jobs[0].source)
+    size = first.color.nbytes + (first.alpha.nbytes if first.alpha is not None else 0)
+    runner, queued = _stepwise(jobs, lookahead=8, max_bytes=2 * size)
+    assert all(o.ok for o in runner) and len(queued) == 8
+    assert max(ahead + writes for ahead, writes in queued) == 2
+    runner, queued = _stepwise(jobs, lookahead=8, max_bytes=3 * size)
+    assert all(o.ok for o in runner)
+    assert max(ahead + writes for ahead, writes in queued) == 3
+
+
+def test_lookahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="^lookahead must be at least 1$"):
+        pipeline.JobRunner([], lambda picture: picture, lookahead=0)
+    assert list(pipeline.run_jobs([], lambda picture: picture, lookahead=1)) == []
+
+
+def test_defaults_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[int, int, int]] = []
+
+    class Recording(pipeline.JobRunner):
+        def __init__(self, jobs: list[Job], upscale: pipeline.Upscale, lookahead: int, workers: int, max_bytes: int) -> None:
+            made.append((lookahead, workers, max_bytes))
+            super().__init__(jobs, upscale, lookahead, workers, max_bytes)
+
+    default = pipeline.JobRunner([], lambda picture: picture)
+    assert (default.lookahead, default.max_bytes, default.readers._max_workers, default.writers._max_workers) == (4, 512 << 20, 2, 2)
+    monkeypatch.setattr(pipeline, "JobRunner", Recording)
+    list(pipeline.run_jobs([], lambda picture: picture))
+    list(pipeline.run_jobs([], lambda picture: picture, 2, 3, 1000))
+    assert made == [(4, 2, 512 << 20), (2, 3, 1000)]
+
+
+def test_before_any_size_is_known_reads_start_at_most_two(tmp_path: Path) -> None:
+    """A read not yet finished counts as a whole budget: no third decode starts until a size is known."""
+    runner, queued = _stepwise(_jobs(tmp_path, 6), lookahead=4)
+    runner.readers = Deferred()  # type: ignore[assignment]  # decodes wait until awaited: sizes stay unknown
+    assert all(o.ok for o in runner)
+    assert queued[0][0] == 2  # the first two; "one at a time" is what the comment promises (see the xfail below)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: with no size known yet the admission test admits a second read "
+                                       "(engine/pipeline.py __iter__: held + largest <= max_bytes with largest 0)")
+def test_before_any_size_is_known_reads_start_one_at_a_time(tmp_path: Path) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 3), lookahead=4)
+    runner.readers = Deferred()  # type: ignore[assignment]
+    list(runner)
+    assert queued[0][0] == 1
+
+
+def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
+    source = _jobs(tmp_path, 1)[0].source
+    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], lambda picture: picture))
+    assert outcomes[0].ok
+    with Image.open(tmp_path / "out" / "000.img") as img:
+        assert img.format == "TIFF"
+
+
+def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
+    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture: picture, lookahead=4))
+    next(outcomes)
+    outcomes.close()  # run_jobs' finally: close() waits for every write already started
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert names and all(not name.startswith(".") for name in names)  # no temporary left half-written
+    for name in names:
+        with Image.open(tmp_path / "out" / name) as img:
+            img.load()
+
+
+def test_skip_existing_splits_by_what_is_on_disk(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, 3)
+    (tmp_path / "out").mkdir()
+    jobs[1].target.write_bytes(b"done before")
+    todo, present = pipeline.skip_existing(jobs)
+    assert todo == [jobs[0], jobs[2]] and present == [jobs[1].target]
 
 
 def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
@@ -112,3 +259,83 @@ def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> Non
     seen += runner.drain()
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert [o.job.target.name for o in seen if o.ok] == written and len(written) >= 1
+
+
+def test_an_interruption_finishes_exactly_the_writes_already_queued(tmp_path: Path) -> None:
+    runner, queued = _stepwise(_jobs(tmp_path, 8), lookahead=3)
+    iterator = cast(Generator[pipeline.Outcome, None, None], iter(runner))
+    first = next(iterator)  # the fourth write queued forced the first one out
+    assert first.ok and first.job.source.stem == "000" and queued[-1] == (3, 3)
+    iterator.close()  # as Ctrl-C would, with three writes queued and reads decoded ahead
+    rest = runner.drain()
+    assert [o.job.source.stem for o in rest] == ["001", "002", "003"] and all(o.ok for o in rest)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
+    assert runner.drain() == []
+
+
+def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, 5)
+    jobs[1].source.write_bytes(b"not a picture")
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    jobs[2] = Job(jobs[2].source, tmp_path / "blocked" / "002.png", "PNG")
+
+    def upscale(picture: Picture) -> Picture:
+        if picture.color[0, 0, 0] == 0:
+            raise ValueError("a model that refuses black")
+        if picture.color[0, 0, 0] == 1:
+            raise OSError("device lost")
+        return picture
+
+    jobs[3].source.write_bytes(b"")
+    shutil.copy(EXAMPLES / "chelsea.png", jobs[4].source)
+    black = pipeline.read_picture(jobs[4].source)
+    black.color[0, 0, 0] = 0
+    pipeline.encode_picture(black, "PNG", jobs[4].source)
+    (tmp_path / "more").mkdir()
+    lost = _jobs(tmp_path / "more", 2)
+    black.color[0, 0, 0] = 1
+    pipeline.encode_picture(black, "PNG", lost[1].source)
+    outcomes = list(pipeline.run_jobs(jobs + lost, upscale))
+    assert [o.error for o in outcomes] == [
+        None,
+        "not a readable image (unknown or corrupt format)",
+        "File exists",  # the OSError's own words (mkdir of the folder), not its repr
+        "empty file",
+        "ValueError: a model that refuses black",
+        None,
+        "device lost",  # an OSError without an errno: its message
+    ]
+    assert [o.input_pixels for o in outcomes] == [112 * 75, 0, 112 * 75, 0, 112 * 75, 112 * 75, 112 * 75]
+    summary = pipeline.Summary()
+    for outcome in outcomes:
+        summary.add(outcome)
+    assert (summary.done, summary.failed, summary.input_pixels) == (2, 5, 2 * 112 * 75)
+
+
+def test_an_interruption_does_not_wait_for_reads_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a big file is still decoding: the runner lets go at once, the decode finishes on its own."""
+    reading, release = threading.Event(), threading.Event()
+    real_read = pipeline.read_picture
+
+    def read(path: Path) -> Picture:
+        if path.stem == "001":
+            reading.set()
+            release.wait(timeout=60)
+        return real_read(path)
+
+    def upscale(picture: Picture) -> Picture:
+        assert reading.wait(timeout=60)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "read_picture", read)
+    watchdog = threading.Timer(30, release.set)  # only a runner that waits for the read ever gets this far
+    watchdog.start()
+    runner = pipeline.JobRunner(_jobs(tmp_path, 4), upscale, lookahead=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(runner)
+        assert not release.is_set(), "the interrupted runner waited for a read in progress"
+    finally:
+        release.set()
+        watchdog.cancel()
+        runner.close()

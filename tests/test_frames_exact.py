@@ -1,0 +1,227 @@
+"""The frame engine against references computed here: whole-image model outputs, numpy padding and blending.
+
+The models are small fixed operators with a known answer: nearest-neighbour upsampling (pointwise,
+so any tiling must reproduce it exactly), a zero-padded box blur (wrong within one pixel of every
+tile edge, which the blend must give no weight), and channel gains (so colour, gray and alpha
+planes cannot be confused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from upscaler.engine.frames import Frame, FrameError, FrameUpscaler, ModelRunner, max_value
+from upscaler.engine.tiling import TileGrid, even_grid, fixed_grid
+
+from .conftest import photo_array
+
+
+def nearest(scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
+def blur_then_nearest(scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """3x3 box blur with zero padding: every tile's outermost pixel is darker than in the whole image."""
+    kernel = torch.full((3, 1, 3, 3), 1 / 9)
+    return lambda x: F.interpolate(F.conv2d(x, kernel.to(x.dtype), padding=1, groups=3), scale_factor=scale, mode="nearest")
+
+
+def gains(scale: int, k: tuple[float, float, float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    factors = torch.tensor(k).view(1, 3, 1, 1)
+    return lambda x: F.interpolate(x, scale_factor=scale, mode="nearest") * factors.to(x.dtype)
+
+
+def upscaler(run: Callable[[torch.Tensor], torch.Tensor], grid: Callable[[int, int], TileGrid], scale: int = 2,
+             out_scale: int | None = None, batch: int = 4) -> FrameUpscaler:
+    return FrameUpscaler(ModelRunner(run, torch.float32, None), scale, out_scale or scale, batch, False, grid)
+
+
+def whole(run: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray) -> np.ndarray:
+    """The model on the whole image, clamped and quantised: what tiling must not change."""
+    top = 65535 if image.dtype == np.uint16 else 255
+    x = torch.from_numpy(image.astype(np.float32) / top).permute(2, 0, 1)[None]
+    y = run(x)[0].clamp(0, 1)
+    return (y * top).round().permute(1, 2, 0).numpy().astype(image.dtype)
+
+
+GRIDS = {
+    "fixed 32/8": lambda h, w: fixed_grid(h, w, 32, 8, fit=True),
+    "fixed 24/4 padded": lambda h, w: fixed_grid(h, w, 24, 4, fit=False),
+    "even, small budget": lambda h, w: even_grid(h, w, 40 * 40, 8),
+    "whole": lambda h, w: even_grid(h, w, 10**8, 8),
+}
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_pointwise_models_come_out_exactly_whatever_the_tiles(grid: str) -> None:
+    image = photo_array("coffee.png")[:70, :90].copy()
+    out = upscaler(nearest(3), GRIDS[grid], scale=3)(Frame(torch.from_numpy(image))).color.numpy()
+    assert out.shape == (210, 270, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, image.repeat(3, 0).repeat(3, 1))
+    deep = image.astype(np.uint16) * 257 + 100
+    out16 = upscaler(nearest(2), GRIDS[grid])(Frame(torch.from_numpy(deep))).color.numpy()
+    assert out16.dtype == np.uint16 and np.array_equal(out16, deep.repeat(2, 0).repeat(2, 1))
+
+
+@pytest.mark.parametrize("grid", ["fixed 32/8", "even, small budget"])
+def test_tile_edges_get_no_weight(grid: str) -> None:
+    """The blur is wrong at every tile edge; overlap 8 gives the outer 2 pixels no weight, so nothing shows."""
+    image = photo_array("astronaut.png")[:80, :100].copy()
+    frames = upscaler(blur_then_nearest(2), GRIDS[grid])
+    assert not GRIDS[grid](80, 100).whole
+    out = frames(Frame(torch.from_numpy(image))).color.numpy().astype(int)
+    assert np.abs(out - whole(blur_then_nearest(2), image).astype(int)).max() <= 1
+
+
+def test_padding_reflects_or_replicates_as_numpy_does() -> None:
+    """A 20x13 image under static 24-pixel tiles is padded first: by reflection where it can be, else by replication."""
+    image = photo_array("coffee.png")[:20, :13].copy()
+    grid = lambda h, w: fixed_grid(h, w, 24, 4, fit=False)  # noqa: E731
+    out = upscaler(blur_then_nearest(2), grid)(Frame(torch.from_numpy(image))).color.numpy()
+    reflected = np.pad(image, ((0, 4), (0, 11), (0, 0)), mode="reflect")
+    assert np.array_equal(out, whole(blur_then_nearest(2), reflected)[:40, :26])
+    thin = photo_array("coffee.png")[:5, :40].copy()  # 19 rows of padding from 5: only replication
+    out = upscaler(blur_then_nearest(2), grid)(Frame(torch.from_numpy(thin))).color.numpy()
+    replicated = np.pad(thin, ((0, 19), (0, 0), (0, 0)), mode="edge")
+    assert np.array_equal(out, whole(blur_then_nearest(2), replicated)[:10, :80])
+
+
+def test_gray_is_the_luma_of_the_models_rgb() -> None:
+    gray = photo_array("coffee.png")[:30, :40, 1].copy()
+    k = (1.0, 0.5, 0.25)
+    out = upscaler(gains(2, k), GRIDS["fixed 24/4 padded"])(Frame(torch.from_numpy(gray))).color.numpy()
+    assert out.shape == (60, 80) and out.dtype == np.uint8
+    luma = (0.299 * k[0] + 0.587 * k[1] + 0.114 * k[2]) * gray.astype(np.float64).repeat(2, 0).repeat(2, 1)
+    assert np.abs(out.astype(int) - np.round(luma)).max() <= 1
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_alpha_is_run_as_gray_rgb_and_colour_is_unpremultiplied(gray: bool) -> None:
+    rgb = photo_array("coffee.png")[:30, :40].copy()
+    color = rgb[..., 0].copy() if gray else rgb
+    alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (30, 1))
+    alpha[:, :3] = 0
+    k = (1.0, 0.5, 0.25)
+    frames = upscaler(gains(2, k), GRIDS["fixed 32/8"], batch=3)
+    out = frames(Frame(torch.from_numpy(color), torch.from_numpy(alpha)))
+    assert out.alpha is not None and out.color.shape == ((60, 80) if gray else (60, 80, 3))
+    up = lambda x: x.astype(np.float64).repeat(2, 0).repeat(2, 1) / 255  # noqa: E731
+    a_in = up(alpha)
+    a_out = a_in * sum(k) / 3  # the mean of the three alpha outputs
+    assert np.abs(out.alpha.numpy().astype(int) - np.round(a_out * 255)).max() <= 1
+    gains_rgb = np.array(k)
+    c_in = up(color)[..., None] if gray else up(color)
+    premultiplied = c_in * a_in[..., None] * gains_rgb
+    c_out = premultiplied / np.maximum(a_out, 1 / 255)[..., None]
+    if gray:  # luma of the un-premultiplied colour, clamped after
+        c_out = c_out @ np.array([0.299, 0.587, 0.114])
+    c_out = np.clip(c_out, 0, 1)
+    got = out.color.numpy().astype(int)
+    assert np.abs(got - np.round(c_out * 255)).max() <= 1
+    assert (got[:, :6] == 0).all()  # fully transparent: no colour
+
+
+def test_rgbx_output_is_a_view_of_four_byte_pixels() -> None:
+    image = photo_array("coffee.png")[:30, :40].copy()
+    frames = upscaler(nearest(2), GRIDS["fixed 32/8"])
+    view = frames(Frame(torch.from_numpy(image)), rgbx=True).color
+    assert view.shape == (60, 80, 3) and view.stride() == (320, 4, 1)
+    assert np.array_equal(view.numpy(), image.repeat(2, 0).repeat(2, 1))
+    assert frames(Frame(torch.from_numpy(image))).color.is_contiguous()
+    deep = frames(Frame(torch.from_numpy(image.astype(np.uint16))), rgbx=True).color
+    assert deep.is_contiguous()  # only 8-bit RGB goes to Pillow as RGBX
+
+
+def test_other_output_scales_are_an_antialiased_bicubic_resize() -> None:
+    image = photo_array("coffee.png")[:30, :40].copy()
+    out = upscaler(nearest(4), GRIDS["fixed 32/8"], scale=4, out_scale=3)(Frame(torch.from_numpy(image))).color
+    full = torch.from_numpy(image.repeat(4, 0).repeat(4, 1)).permute(2, 0, 1)[None].float()
+    expected = F.interpolate(full, size=(90, 120), mode="bicubic", antialias=True, align_corners=False)[0]
+    expected = expected.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
+    assert out.shape == (90, 120, 3) and torch.equal(out, expected)
+
+
+def test_batches_hold_whole_tiles() -> None:
+    sizes: list[int] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        return nearest(2)(x)
+
+    image = photo_array("coffee.png")[:64, :90].copy()
+    grid = GRIDS["fixed 32/8"]
+    count = len(grid(64, 90).origins)
+    upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image)))
+    assert sum(sizes) == count and max(sizes) == 4
+    sizes.clear()
+    alpha = np.full((64, 90), 255, np.uint8)
+    upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
+    assert sum(sizes) == 2 * count and max(sizes) == 4  # colour and alpha of a tile: two inputs
+    sizes.clear()
+    static = FrameUpscaler(ModelRunner(run, torch.float32, None), 2, 2, 4, True, grid)
+    static(Frame(torch.from_numpy(image)))
+    assert set(sizes) == {4} and len(sizes) == -(-count // 4)
+
+
+def test_max_value() -> None:
+    assert (max_value(torch.uint8), max_value(torch.uint16)) == (255, 65535)
+
+
+class Broken:
+    """Runs `run`, then spoils the tiles listed in `bad` (NaN) or makes them flat."""
+
+    def __init__(self, bad: set[int], flat: bool = False) -> None:
+        self.bad, self.flat, self.calls = bad, flat, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = nearest(2)(x.float()).to(x.dtype)
+        for i in self.bad:
+            out[i] = 0.5 if self.flat else float("nan")
+        return out
+
+
+def _tiles() -> torch.Tensor:
+    image = torch.from_numpy(photo_array("coffee.png")[:16, :64].copy()).permute(2, 0, 1).float() / 255
+    return torch.stack([image[:, :, i * 16 : (i + 1) * 16] for i in range(4)])
+
+
+def test_non_finite_tiles_are_recomputed_in_fp32_once_built() -> None:
+    built: list[Broken] = []
+
+    def fallback() -> Broken:
+        built.append(Broken(set()))
+        return built[-1]
+
+    runner = ModelRunner(Broken({1, 3}), torch.float32, fallback)
+    tiles = _tiles()
+    out = runner(tiles)
+    assert torch.equal(out, nearest(2)(tiles))
+    runner(tiles)
+    assert len(built) == 1 and built[0].calls == 2  # built once, and only the two bad tiles went to it each time
+
+
+def test_non_finite_without_fallback_or_in_fp32_too_fails_the_frame() -> None:
+    with pytest.raises(FrameError, match=r"^the model's output is not finite \(NaN or infinity\) even in fp32; nothing was written$"):
+        ModelRunner(Broken({0}), torch.float32, None)(_tiles())
+    with pytest.raises(FrameError, match="not finite"):
+        ModelRunner(Broken({0}), torch.bfloat16, lambda: Broken({0}))(_tiles())
+
+
+def test_flat_tiles_are_redone_only_in_reduced_precision(caplog: pytest.LogCaptureFixture) -> None:
+    tiles = _tiles()
+    redone = ModelRunner(Broken({2}, flat=True), torch.bfloat16, lambda: Broken(set()))
+    with caplog.at_level("WARNING", logger="upscaler"):
+        out = redone(tiles)
+    assert torch.equal(out[2], nearest(2)(tiles)[2:3][0])
+    assert "1 tile(s) overflowed or collapsed in bf16; recomputed in fp32" in caplog.text
+    kept = ModelRunner(Broken({2}, flat=True), torch.float32, lambda: Broken(set()))(tiles)
+    assert bool((kept[2] == 0.5).all())  # in fp32 a flat output is the model's answer
+    flat_input = torch.full_like(tiles, 0.3)
+    calm = ModelRunner(lambda x: torch.full((4, 3, 32, 32), 0.5, dtype=x.dtype), torch.bfloat16, None)
+    assert bool((calm(flat_input) == 0.5).all())  # flat in, flat out: nothing wrong
