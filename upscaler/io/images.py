@@ -30,7 +30,8 @@ _ORIENTATION = 0x0112
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
 # Tags that describe how a file's pixels are stored, not the photo: a TIFF's getexif() returns
 # them, and carried into another file they would contradict its real layout.
-_LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514}
+_LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514,
+                34675}  # 34675: a TIFF's own ICC profile, carried (or dropped) as `icc` instead
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 _SIXTEEN_BIT_LAYOUTS = {"RGB": ("rgb48le", 3), "RGBA": ("rgba64le", 4), "LA": ("ya16le", 2)}  # stored layout: ffmpeg's
 
@@ -178,7 +179,7 @@ def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
     """Write `picture` as `fmt` to `path` or a seekable binary stream (the caller makes that a temporary file)."""
     if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
         picture = _to_8bit(picture)
-    if fmt == "JPEG" and picture.alpha is not None:
+    if fmt in ("JPEG", "BMP") and picture.alpha is not None:  # no alpha in these files: composite on white
         picture = _flatten_on_white(picture)
     if fmt == "PNG":  # streamed from the pixels, any depth and layout: no full-size copy
         exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
@@ -208,6 +209,8 @@ def _resized_exif(exif_bytes: bytes, size: tuple[int, int]) -> bytes:
     """The EXIF with its recorded pixel dimensions brought up to date."""
     exif = Image.Exif()
     exif.load(exif_bytes)
+    if _EXIF_IFD not in exif:  # get_ifd would add an empty IFD, which the TIFF writer rejects
+        return exif.tobytes()
     details = exif.get_ifd(_EXIF_IFD)
     if _PIXEL_X in details or _PIXEL_Y in details:
         details[_PIXEL_Y], details[_PIXEL_X] = size
