@@ -199,7 +199,8 @@ def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
 def test_skip_existing_splits_by_what_is_on_disk(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path, 3)
     (tmp_path / "out").mkdir()
-    jobs[1].target.write_bytes(b"done before")
+    shutil.copy(jobs[1].source, jobs[1].target)  # a complete output
+    jobs[2].target.write_bytes(b"")  # what a power cut can leave: redone
     todo, present = pipeline.skip_existing(jobs)
     assert todo == [jobs[0], jobs[2]] and present == [jobs[1].target]
 
