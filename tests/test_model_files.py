@@ -13,8 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from upscaler.models import get_architecture
-from upscaler.models import registry
+from upscaler.models import get_architecture, registry
 from upscaler.models.errors import ModelError
 from upscaler.models.registry import (
     INT_BOUNDS,
@@ -25,7 +24,6 @@ from upscaler.models.registry import (
     register,
 )
 from upscaler.models.weights import (
-    FORMAT,
     ModelCard,
     load_model,
     resolve_model_path,
