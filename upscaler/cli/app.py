@@ -11,7 +11,6 @@ import time
 import traceback
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,8 +24,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-# Usage errors: typer vendors click from 0.2x on (its errors derive from TyperException); before, click's own.
-_USAGE_ERRORS = (click.ClickException, *filter(None, [getattr(typer, "TyperException", None)]))
+# Usage errors: typer (0.29 on) vendors click; its ClickException family derives from TyperException.
+_USAGE_ERRORS = (typer.TyperException,)
 
 # C0/C1 controls (escape sequences, newlines), bidirectional overrides, and the surrogates that
 # stand for undecodable bytes of a file name.
@@ -76,12 +75,12 @@ def run(args: list[str]) -> int:
     try:
         with command.make_context("upscale", args) as ctx:
             command.invoke(ctx)
-    except (typer.Exit, click.exceptions.Exit) as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     except _USAGE_ERRORS as exc:
-        exc.show()
-        return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
+        exc.show()  # type: ignore[attr-defined]  # every TyperException raised is a ClickException
+        return exc.exit_code  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, typer.Abort):
         error("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
