@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
-DEFAULT_SEGMENT_S = 10.0
 _NOPTS = -(2**63)
 _RECORD = struct.Struct("<qqqiI")  # pts, dts, duration, keyframe, size
 _PACKETS_MAGIC = b"UPSCALE-PACKETS-1\n"
