@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from upscaler.engine import pipeline
 from upscaler.io.files import Job
 from upscaler.io.images import Picture
+from upscaler.io.stages import IO_NICENESS, Stages
 
 from .conftest import EXAMPLES
 
@@ -42,7 +46,7 @@ def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypa
             second_read.set()
         return picture
 
-    def upscale(picture: Picture) -> Picture:
+    def upscale(picture: Picture, _format: str) -> Picture:
         assert second_read.wait(timeout=30), "the second file was not decoded while the model worked on the first"
         return picture
 
@@ -99,7 +103,7 @@ def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT
     """A runner that reads at once and writes only when it awaits a write; records (pictures read ahead, writes queued) per model call."""
     queued: list[tuple[int, int]] = []
 
-    def upscale(picture: Picture) -> Picture:
+    def upscale(picture: Picture, _format: str) -> Picture:
         queued.append((len(runner.reads) + 1, len(runner.writes)))
         return picture
 
@@ -140,8 +144,8 @@ def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path, alpha: bool) -> N
 
 def test_lookahead_must_be_positive() -> None:
     with pytest.raises(ValueError, match="^lookahead must be at least 1$"):
-        pipeline.JobRunner([], lambda picture: picture, lookahead=0)
-    assert list(pipeline.run_jobs([], lambda picture: picture, lookahead=1)) == []
+        pipeline.JobRunner([], lambda picture, _format: picture, lookahead=0)
+    assert list(pipeline.run_jobs([], lambda picture, _format: picture, lookahead=1)) == []
 
 
 def test_defaults_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,11 +156,11 @@ def test_defaults_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
             made.append((lookahead, workers, max_bytes))
             super().__init__(jobs, upscale, lookahead, workers, max_bytes)
 
-    default = pipeline.JobRunner([], lambda picture: picture)
+    default = pipeline.JobRunner([], lambda picture, _format: picture)
     assert (default.lookahead, default.max_bytes, default.readers._max_workers, default.writers._max_workers) == (4, 512 << 20, 2, 2)
     monkeypatch.setattr(pipeline, "JobRunner", Recording)
-    list(pipeline.run_jobs([], lambda picture: picture))
-    list(pipeline.run_jobs([], lambda picture: picture, 2, 3, 1000))
+    list(pipeline.run_jobs([], lambda picture, _format: picture))
+    list(pipeline.run_jobs([], lambda picture, _format: picture, 2, 3, 1000))
     assert made == [(4, 2, 512 << 20), (2, 3, 1000)]
 
 
@@ -179,14 +183,14 @@ def test_before_any_size_is_known_reads_start_one_at_a_time(tmp_path: Path) -> N
 
 def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
     source = _jobs(tmp_path, 1)[0].source
-    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], lambda picture: picture))
+    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], lambda picture, _format: picture))
     assert outcomes[0].ok
     with Image.open(tmp_path / "out" / "000.img") as img:
         assert img.format == "TIFF"
 
 
 def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
-    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture: picture, lookahead=4))
+    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture, _format: picture, lookahead=4))
     next(outcomes)
     outcomes.close()  # run_jobs' finally: close() waits for every write already started
     names = [p.name for p in (tmp_path / "out").iterdir()]
@@ -208,7 +212,7 @@ def test_skip_existing_splits_by_what_is_on_disk(tmp_path: Path) -> None:
 def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
     calls = 0
 
-    def flaky(picture: Picture) -> Picture:
+    def flaky(picture: Picture, _format: str) -> Picture:
         nonlocal calls
         calls += 1
         if calls == 2:
@@ -236,7 +240,7 @@ def test_lookahead_is_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.Monke
             held.append(live)
         return picture
 
-    def upscale(picture: Picture) -> Picture:
+    def upscale(picture: Picture, _format: str) -> Picture:
         nonlocal live
         with lock:
             live -= 1
@@ -251,7 +255,7 @@ def test_lookahead_is_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path, 6)
-    runner = pipeline.JobRunner(jobs, lambda picture: picture, lookahead=3)
+    runner = pipeline.JobRunner(jobs, lambda picture, _format: picture, lookahead=3)
     seen = []
     for outcome in runner:
         seen.append(outcome)
@@ -280,7 +284,7 @@ def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
     (tmp_path / "blocked").write_text("a file where a folder should be")
     jobs[2] = Job(jobs[2].source, tmp_path / "blocked" / "002.png", "PNG")
 
-    def upscale(picture: Picture) -> Picture:
+    def upscale(picture: Picture, _format: str) -> Picture:
         if picture.color[0, 0, 0] == 0:
             raise ValueError("a model that refuses black")
         if picture.color[0, 0, 0] == 1:
@@ -324,7 +328,7 @@ def test_an_interruption_does_not_wait_for_reads_in_progress(tmp_path: Path, mon
             release.wait(timeout=60)
         return real_read(path)
 
-    def upscale(picture: Picture) -> Picture:
+    def upscale(picture: Picture, _format: str) -> Picture:
         assert reading.wait(timeout=60)
         raise KeyboardInterrupt
 
@@ -340,3 +344,43 @@ def test_an_interruption_does_not_wait_for_reads_in_progress(tmp_path: Path, mon
         release.set()
         watchdog.cancel()
         runner.close()
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
+def test_decoders_and_encoders_run_below_the_models_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both the batch pipeline's and the video stages' I/O threads yield the cores to the model's thread."""
+    seen: dict[str, int] = {}
+    real_read, real_write = pipeline.read_picture, pipeline._write
+
+    def read(path: Path) -> Picture:
+        seen["read"] = _niceness()
+        return real_read(path)
+
+    def write(job: Job, picture: Picture) -> None:
+        seen["write"] = _niceness()
+        real_write(job, picture)
+
+    def upscale(picture: Picture, _format: str) -> Picture:
+        seen["model"] = _niceness()
+        return picture
+
+    monkeypatch.setattr(pipeline, "read_picture", read)
+    monkeypatch.setattr(pipeline, "_write", write)
+    model = _niceness()
+    assert all(o.ok for o in pipeline.run_jobs(_jobs(tmp_path, 2), upscale))
+
+    def frames() -> Iterator[tuple[None, np.ndarray]]:
+        seen["decode"] = _niceness()
+        yield None, np.zeros((2, 2, 3), np.uint8)
+
+    def sink(_info: None, _frame: np.ndarray) -> None:
+        seen["encode"] = _niceness()
+
+    Stages[None]().run(frames(), lambda batch: iter(batch), sink)
+    expected = max(model, IO_NICENESS)
+    assert seen == {"read": expected, "write": expected, "model": model, "decode": expected, "encode": expected}
+    assert _niceness() == model

@@ -220,11 +220,11 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) 
     if out != STDIO:
         _prepare_output(out.parent, recursive=False)
     started = time.perf_counter()
+    fmt = fmt or picture.format
     try:
-        result = engine.upscale(picture)
+        result = engine.upscale(picture, fmt)
     except FrameError as exc:
         raise fail(f"{name}: {exc}", EXIT_FAILED) from None
-    fmt = fmt or picture.format
     if out == STDIO:
         encoded = io.BytesIO()  # seekable, as TIFF needs; a pipe is not
         encode_picture(result, fmt, encoded)

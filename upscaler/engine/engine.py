@@ -20,7 +20,7 @@ from upscaler.engine.backends import open_runner
 from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
 from upscaler.engine.plan import RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
-from upscaler.io.images import Picture
+from upscaler.io.images import Picture, pillow_encodes
 from upscaler.models.weights import LoadedModel, load_model
 
 # Decoded frames may be read-only views (Pillow, PyAV); the engine only ever reads them.
@@ -43,12 +43,16 @@ class Engine:
         """The output scale (the model's unless --scale said otherwise)."""
         return self.plan.out_scale
 
-    def upscale(self, picture: Picture) -> Picture:
-        """A decoded picture (native integers) -> the upscaled picture, same depth and metadata."""
+    def upscale(self, picture: Picture, out_format: str = "PNG") -> Picture:
+        """A decoded picture (native integers) -> the upscaled picture, same depth and metadata.
+
+        `out_format` is the file format the result is for: its pixels come laid out as that
+        format's encoder reads them, so the writer copies nothing.
+        """
         color, alpha = _to_device(picture.color, self.plan.device), None
         if picture.alpha is not None:
             alpha = _to_device(picture.alpha, self.plan.device)
-        out = self.frames(Frame(color, alpha), rgbx=True)
+        out = self.frames(Frame(color, alpha), rgbx=pillow_encodes(out_format))
         return replace(picture, color=_to_host(out.color), alpha=None if out.alpha is None else _to_host(out.alpha))
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -1,7 +1,8 @@
 """The batch data path: read -> upscale -> write, with decoding and encoding beside inference.
 
 Readers decode ahead on worker threads while the model runs in the calling thread; writers
-encode on worker threads behind it. Pillow, ffmpeg and torch all release the GIL while they
+encode on worker threads behind it, all of them at a lower priority than the model's threads
+(`yield_to_the_model`). Pillow, ffmpeg and torch all release the GIL while they
 work, so the threads really do overlap.
 """
 
@@ -16,8 +17,9 @@ from pathlib import Path
 from upscaler.engine.frames import FrameError
 from upscaler.io.files import Job, is_complete, write_atomically
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
+from upscaler.io.stages import yield_to_the_model
 
-Upscale = Callable[[Picture], Picture]
+Upscale = Callable[[Picture, str], Picture]  # (picture, the format it will be written as) -> result
 
 
 @dataclass
@@ -62,8 +64,8 @@ class JobRunner:
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
         self.jobs, self.upscale, self.lookahead, self.max_bytes = jobs, upscale, lookahead, max_bytes
-        self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read")
-        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write")
+        self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read", initializer=yield_to_the_model)
+        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write", initializer=yield_to_the_model)
         self.reads: deque[tuple[Job, Future[Picture]]] = deque()
         self.writes: deque[tuple[Outcome, Future[None], int]] = deque()
         self.largest = 0  # bytes of the largest decoded picture so far
@@ -107,7 +109,7 @@ class JobRunner:
         try:
             picture = future.result()
             outcome.input_pixels = picture.size[0] * picture.size[1]
-            result = self.upscale(picture)
+            result = self.upscale(picture, job.format)
             del picture
             self.writes.append((outcome, self.writers.submit(_write, job, result), _nbytes(result)))
         except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)

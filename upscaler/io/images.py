@@ -175,6 +175,12 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 # -- writing ---------------------------------------------------------------------------------
 
 
+def pillow_encodes(fmt: str) -> bool:
+    """Pillow encodes `fmt` (PNG has its own streaming writer): 8-bit RGB is best handed over as RGBX,
+    Pillow's own layout, which it encodes in place; the PNG writer wants plain, contiguous RGB."""
+    return fmt != "PNG"
+
+
 def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
     """Write `picture` as `fmt` to `path` or a seekable binary stream (the caller makes that a temporary file)."""
     if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:

@@ -8,7 +8,9 @@ writer that fails (downstream closed the pipe) stops everything at once.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +22,21 @@ M = TypeVar("M")
 _END = object()
 _POLL_S = 0.1
 _READER_GRACE_S = 2.0
+IO_NICENESS = 10  # decoders and encoders run at this niceness (Linux), the model's threads at the process's
+
+
+def yield_to_the_model() -> None:
+    """Lower the calling decode/encode thread's priority: it takes the cores the model leaves idle.
+
+    On a CPU the model's threads fill every core and meet at a barrier after each operation, so an
+    encoder that preempts one of them stalls them all; at a lower priority it runs in their gaps
+    and, once its queue is full, while the model waits for it. Linux keeps niceness per thread;
+    elsewhere the call would renice the whole process, so it does nothing there.
+    """
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), IO_NICENESS))
 
 
 class Stages(Generic[M]):
@@ -76,6 +93,7 @@ class Stages(Generic[M]):
             yield frame
 
     def _read(self, source: Iterable[tuple[M, np.ndarray]]) -> None:
+        yield_to_the_model()
         try:
             for item in source:
                 if not self._put(self._inbox, item):
@@ -85,6 +103,7 @@ class Stages(Generic[M]):
         self._put(self._inbox, _END)
 
     def _write(self, sink: Callable[[M, np.ndarray], None]) -> None:
+        yield_to_the_model()
         while not self._stop.is_set():
             try:
                 item = self._outbox.get(timeout=_POLL_S)
