@@ -85,14 +85,12 @@ class JobRunner:
         pending = iter(self.jobs)
         try:
             while True:
-                while len(self.reads) < self.lookahead and (not self.reads or self._held_bytes() + self.largest <= self.max_bytes):
-                    job = next(pending, None)
-                    if job is None:
-                        break
-                    self.reads.append((job, self.readers.submit(read_picture, job.source)))
+                self._start_reads(pending)
                 if not self.reads and not self.writes:
                     return
                 if self.reads:
+                    self.reads[0][1].exception()  # wait for the next picture, however its decode ends:
+                    self._start_reads(pending)  # its size may let more decodes start before the model runs
                     self._upscale_next()
                 while self.writes and (self.writes[0][1].done() or not self.reads or len(self.writes) > self.lookahead
                                        or self._held_bytes() > self.max_bytes):
@@ -102,6 +100,14 @@ class JobRunner:
                 future.cancel()
             self.reads.clear()
             self.readers.shutdown(wait=False, cancel_futures=True)
+
+    def _start_reads(self, pending: Iterator[Job]) -> None:
+        """Start decodes while both bounds allow; a picture of unknown size counts as the whole byte budget."""
+        while len(self.reads) < self.lookahead and (not self.reads or self._held_bytes() + (self.largest or self.max_bytes) <= self.max_bytes):
+            job = next(pending, None)
+            if job is None:
+                return
+            self.reads.append((job, self.readers.submit(read_picture, job.source)))
 
     def _upscale_next(self) -> None:
         job, future = self.reads.popleft()
