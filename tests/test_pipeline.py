@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from upscaler.engine import pipeline
+from upscaler.engine.frames import FrameError
 from upscaler.io.files import Job
 from upscaler.io.images import Picture
 from upscaler.io.stages import IO_NICENESS, Stages
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, assert_complete_images
 
 
 def _jobs(tmp_path: Path, count: int) -> list[Job]:
@@ -99,12 +100,16 @@ class _Lazy(Future):  # type: ignore[type-arg]
         return None if not self.done() else super().exception(timeout)
 
 
-def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT_LOOKAHEAD_BYTES) -> tuple[pipeline.JobRunner, list[tuple[int, int]]]:
-    """A runner that reads at once and writes only when it awaits a write; records (pictures read ahead, writes queued) per model call."""
+def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT_LOOKAHEAD_BYTES,
+              failing: int | None = None) -> tuple[pipeline.JobRunner, list[tuple[int, int]]]:
+    """A runner that reads at once and writes only when it awaits a write; records (pictures read ahead, writes queued)
+    per model call. The model call numbered `failing` raises, as a picture the model cannot handle."""
     queued: list[tuple[int, int]] = []
 
     def upscale(picture: Picture, _format: str) -> Picture:
         queued.append((len(runner.reads) + 1, len(runner.writes)))
+        if len(queued) - 1 == failing:
+            raise FrameError("not finite")
         return picture
 
     runner = pipeline.JobRunner(jobs, upscale, lookahead=lookahead, max_bytes=max_bytes)
@@ -142,6 +147,22 @@ def test_lookahead_is_bounded_in_bytes_exactly(tmp_path: Path, alpha: bool) -> N
     assert max(ahead + writes for ahead, writes in queued) == 3
 
 
+def test_at_the_byte_bound_a_write_still_overlaps_the_next_picture(tmp_path: Path) -> None:
+    """Room for exactly two pictures: one waiting to be written and one upscaling fill it; nothing waits early."""
+    size = pipeline.read_picture(_jobs(tmp_path, 1)[0].source).color.nbytes
+    runner, queued = _stepwise(_jobs(tmp_path, 6), lookahead=8, max_bytes=2 * size)
+    assert all(o.ok for o in runner)
+    assert queued == [(2, 0), (1, 1)] * 3
+
+
+def test_a_picture_that_failed_holds_no_bytes(tmp_path: Path) -> None:
+    """Its place in the write queue costs nothing: the read it leaves room for starts at once."""
+    size = pipeline.read_picture(_jobs(tmp_path, 1)[0].source).color.nbytes
+    runner, queued = _stepwise(_jobs(tmp_path, 4), lookahead=8, max_bytes=3 * size, failing=1)
+    assert [o.ok for o in runner] == [True, False, True, True]
+    assert queued[2] == (2, 2)  # the third picture, with the fourth read beside it and [written, failed] queued
+
+
 def test_lookahead_must_be_positive() -> None:
     with pytest.raises(ValueError, match="^lookahead must be at least 1$"):
         pipeline.JobRunner([], lambda picture, _format: picture, lookahead=0)
@@ -173,22 +194,52 @@ def test_before_any_size_is_known_reads_start_one_at_a_time(tmp_path: Path) -> N
 
 
 def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
+    """The job's format reaches the writer and the engine (which lays the pixels out for that format's encoder)."""
     source = _jobs(tmp_path, 1)[0].source
-    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], lambda picture, _format: picture))
-    assert outcomes[0].ok
+    told: list[str] = []
+
+    def upscale(picture: Picture, fmt: str) -> Picture:
+        told.append(fmt)
+        return picture
+
+    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], upscale))
+    assert outcomes[0].ok and told == ["TIFF"]
     with Image.open(tmp_path / "out" / "000.img") as img:
         assert img.format == "TIFF"
 
 
-def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
-    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 8), lambda picture, _format: picture, lookahead=4))
-    next(outcomes)
+def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last write is held back until well after close() is called: close() must wait for it, not leave it."""
+    release = threading.Event()
+    real_write = pipeline._write
+
+    def write(job: Job, picture: Picture) -> None:
+        if job.source.stem == "001":
+            assert release.wait(timeout=30)
+        real_write(job, picture)
+
+    monkeypatch.setattr(pipeline, "_write", write)
+    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 2), lambda picture, _format: picture, lookahead=4))
+    assert next(outcomes).ok  # the first is on disk; the second write has been handed to a writer and waits
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
     outcomes.close()  # run_jobs' finally: close() waits for every write already started
-    names = [p.name for p in (tmp_path / "out").iterdir()]
-    assert names and all(not name.startswith(".") for name in names)  # no temporary left half-written
-    for name in names:
-        with Image.open(tmp_path / "out" / name) as img:
-            img.load()
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["000.png", "001.png"]  # the held-back write finished before close() returned; no temporary
+    assert_complete_images([tmp_path / "out" / name for name in names])
+    timer.join()
+
+
+def test_nothing_is_written_through_a_link_out_of_the_output_folder(tmp_path: Path) -> None:
+    """A folder link planted inside OUT fails that file: the job's root, not the target's folder, is the limit."""
+    job = _jobs(tmp_path, 1)[0]
+    outside, out = tmp_path / "outside", tmp_path / "out"
+    outside.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(outside, target_is_directory=True)
+    outcomes = list(pipeline.run_jobs([Job(job.source, out / "sub" / "000.png", "PNG", root=out)], lambda picture, _format: picture))
+    assert not outcomes[0].ok and outcomes[0].error
+    assert list(outside.iterdir()) == []
 
 
 def test_skip_existing_splits_by_what_is_on_disk(tmp_path: Path) -> None:
