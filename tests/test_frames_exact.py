@@ -191,7 +191,7 @@ def _tiles() -> torch.Tensor:
     return torch.stack([image[:, :, i * 16 : (i + 1) * 16] for i in range(4)])
 
 
-def test_non_finite_tiles_are_recomputed_in_fp32_once_built() -> None:
+def test_non_finite_tiles_are_recomputed_in_fp32_once_built(caplog: pytest.LogCaptureFixture) -> None:
     built: list[Broken] = []
 
     def fallback() -> Broken:
@@ -200,7 +200,9 @@ def test_non_finite_tiles_are_recomputed_in_fp32_once_built() -> None:
 
     runner = ModelRunner(Broken({1, 3}), torch.float32, fallback)
     tiles = _tiles()
-    out = runner(tiles)
+    with caplog.at_level("WARNING", logger="upscaler"):
+        out = runner(tiles)
+    assert "2 tile(s) overflowed or collapsed in fp32; recomputed in fp32" in caplog.text
     assert torch.equal(out, nearest(2)(tiles))
     runner(tiles)
     assert len(built) == 1 and built[0].calls == 2  # built once, and only the two bad tiles went to it each time
@@ -225,3 +227,34 @@ def test_flat_tiles_are_redone_only_in_reduced_precision(caplog: pytest.LogCaptu
     flat_input = torch.full_like(tiles, 0.3)
     calm = ModelRunner(lambda x: torch.full((4, 3, 32, 32), 0.5, dtype=x.dtype), torch.bfloat16, None)
     assert bool((calm(flat_input) == 0.5).all())  # flat in, flat out: nothing wrong
+
+
+def test_fp16_is_named_in_the_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="upscaler"):
+        ModelRunner(Broken({0}), torch.float16, lambda: Broken(set()))(_tiles())
+    assert "1 tile(s) overflowed or collapsed in fp16; recomputed in fp32" in caplog.text
+
+
+def test_deferred_verdicts_wait_on_the_device_until_taken() -> None:
+    """Streamed on CUDA, nothing asks the host about a batch: the verdicts pile up until the frame is collected."""
+    tiles = _tiles()
+    spoiled = ModelRunner(Broken({1}), torch.bfloat16, lambda: Broken(set()), deferred=True)
+    out = spoiled(tiles)
+    assert bool(torch.isnan(out[1]).all()) and not bool(torch.isnan(out[0]).any())  # handed on as it came
+    clean = ModelRunner(Broken(set()), torch.bfloat16, None, deferred=True)
+    clean(tiles)
+    spoiled.run = Broken(set())  # a second, clean batch: the frame is still suspect
+    spoiled(tiles)
+    verdict, none = spoiled.take_verdict(), clean.take_verdict()
+    assert verdict is not None and verdict.dtype == torch.bool and bool(verdict)
+    assert none is not None and not bool(none)
+    assert spoiled.take_verdict() is None  # taken: the next frame starts clean
+
+
+def test_checked_is_the_same_model_checking_each_batch() -> None:
+    fallback = lambda: Broken(set())  # noqa: E731
+    deferred = ModelRunner(Broken({2}), torch.bfloat16, fallback, deferred=True)
+    checked = deferred.checked()
+    assert (checked.run, checked.dtype, checked.fallback, checked.deferred) == (deferred.run, torch.bfloat16, fallback, False)
+    out = checked(_tiles())
+    assert torch.equal(out[2], nearest(2)(_tiles())[2]) and bool(torch.isfinite(out).all())  # redone, not passed on
