@@ -100,19 +100,19 @@ def test_gray_is_the_luma_of_the_models_rgb() -> None:
     assert np.abs(out.astype(int) - np.round(luma)).max() <= 1
 
 
+@pytest.mark.parametrize("k", [(1.0, 0.5, 0.25), (1.5, 1.5, 1.5)])  # the second makes alpha above 1: clamped
 @pytest.mark.parametrize("gray", [False, True])
-def test_alpha_is_run_as_gray_rgb_and_colour_is_unpremultiplied(gray: bool) -> None:
+def test_alpha_is_run_as_gray_rgb_and_colour_is_unpremultiplied(gray: bool, k: tuple[float, float, float]) -> None:
     rgb = photo_array("coffee.png")[:30, :40].copy()
     color = rgb[..., 0].copy() if gray else rgb
     alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (30, 1))
     alpha[:, :3] = 0
-    k = (1.0, 0.5, 0.25)
     frames = upscaler(gains(2, k), GRIDS["fixed 32/8"], batch=3)
     out = frames(Frame(torch.from_numpy(color), torch.from_numpy(alpha)))
     assert out.alpha is not None and out.color.shape == ((60, 80) if gray else (60, 80, 3))
     up = lambda x: x.astype(np.float64).repeat(2, 0).repeat(2, 1) / 255  # noqa: E731
     a_in = up(alpha)
-    a_out = a_in * sum(k) / 3  # the mean of the three alpha outputs
+    a_out = np.clip(a_in * sum(k) / 3, 0, 1)  # the mean of the three alpha outputs
     assert np.abs(out.alpha.numpy().astype(int) - np.round(a_out * 255)).max() <= 1
     gains_rgb = np.array(k)
     c_in = up(color)[..., None] if gray else up(color)
@@ -153,19 +153,34 @@ def test_batches_hold_whole_tiles() -> None:
         sizes.append(x.shape[0])
         return nearest(2)(x)
 
-    image = photo_array("coffee.png")[:64, :90].copy()
+    image = photo_array("coffee.png")[:64, :110].copy()
     grid = GRIDS["fixed 32/8"]
-    count = len(grid(64, 90).origins)
+    count = len(grid(64, 110).origins)
+    assert len(grid(64, 110).xs) == 5  # a row of tiles is a batch of 4 and a short one of 1
+    expected = image.repeat(2, 0).repeat(2, 1)
     upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image)))
-    assert sum(sizes) == count and max(sizes) == 4
+    assert sum(sizes) == count and sizes[:2] == [4, 1]  # a dynamic engine runs the short one as it is
     sizes.clear()
-    alpha = np.full((64, 90), 255, np.uint8)
+    alpha = np.full((64, 110), 255, np.uint8)
     upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
     assert sum(sizes) == 2 * count and max(sizes) == 4  # colour and alpha of a tile: two inputs
     sizes.clear()
+    single = upscaler(run, grid, batch=1)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
+    assert set(sizes) == {1} and len(sizes) == 2 * count  # a tile's two inputs in two batches, put back together
+    assert np.array_equal(single.color.numpy(), expected) and bool((single.alpha == 255).all())
+    sizes.clear()
     static = FrameUpscaler(ModelRunner(run, torch.float32, None), 2, 2, 4, True, grid)
-    static(Frame(torch.from_numpy(image)))
-    assert set(sizes) == {4} and len(sizes) == -(-count // 4)
+    out = static(Frame(torch.from_numpy(image))).color.numpy()
+    assert set(sizes) == {4} and len(sizes) == 2 * len(grid(64, 110).ys)  # a static engine gets the short one padded
+    assert np.array_equal(out, expected)
+
+
+def test_model_outputs_out_of_range_are_clamped() -> None:
+    image = photo_array("coffee.png")[:30, :40].copy()
+    out = upscaler(gains(2, (-0.5, 1.5, 1.0)), GRIDS["fixed 32/8"])(Frame(torch.from_numpy(image))).color.numpy()
+    up = image.astype(np.float64).repeat(2, 0).repeat(2, 1)
+    assert (out[..., 0] == 0).all()
+    assert np.abs(out[..., 1].astype(int) - np.round(np.minimum(up[..., 1] * 1.5, 255))).max() <= 1
 
 
 def test_max_value() -> None:
