@@ -202,3 +202,59 @@ def test_rgbx_views_reach_pillow_without_a_copy(tmp_path: Path) -> None:
         with Image.open(tmp_path / f"x{suffix}") as img:
             assert img.mode == "RGB" and img.size == (150, 100)
             assert np.abs(np.asarray(img).astype(int) - photo_array("coffee.png")).mean() < 3
+
+
+def test_an_rgbx_view_is_pillows_own_buffer() -> None:
+    """Not a copy: a change to the engine's buffer shows in the image Pillow is handed."""
+    from upscaler.io.images import _to_pillow
+
+    buffer = np.zeros((100, 150, 4), np.uint8)
+    buffer[..., :3] = photo_array("coffee.png")
+    img = _to_pillow(Picture(buffer[..., :3], None, "PNG"))
+    assert img.mode == "RGBX" and img.size == (150, 100)
+    assert np.array_equal(np.asarray(img.convert("RGB")), buffer[..., :3])
+    buffer[7, 9, :3] = (1, 2, 3)
+    assert img.getpixel((9, 7))[:3] == (1, 2, 3)
+    contiguous = _to_pillow(Picture(np.ascontiguousarray(buffer[..., :3]), None, "PNG"))
+    assert contiguous.mode == "RGB"  # any other layout goes through Pillow's own copy
+
+
+def test_pillow_encodes_every_format_but_png() -> None:
+    from upscaler.io.images import pillow_encodes
+
+    assert [pillow_encodes(f) for f in ("PNG", "JPEG", "WEBP", "TIFF", "BMP")] == [False, True, True, True, True]
+
+
+def test_standard_input_bytes_read_as_the_file_does(tmp_path: Path) -> None:
+    from upscaler.io.images import read_picture_bytes
+
+    with pytest.raises(PictureError, match="^empty input$"):
+        read_picture_bytes(b"")
+    encode_picture(Picture(photo_array("coffee.png"), None, "PNG"), "PNG", tmp_path / "c.png")
+    deep = _sixteen_bit_photo()  # 16-bit RGB is decoded by ffmpeg: from the bytes, not a path
+    encode_picture(Picture(deep, None, "TIFF"), "TIFF", tmp_path / "d.tif")
+    for name in ("c.png", "d.tif"):
+        from_bytes, from_file = read_picture_bytes((tmp_path / name).read_bytes()), read_picture(tmp_path / name)
+        assert from_bytes.format == from_file.format and np.array_equal(from_bytes.color, from_file.color)
+    assert read_picture_bytes((tmp_path / "d.tif").read_bytes()).color.dtype == np.uint16
+
+
+def test_sixteen_bit_tiff_to_a_stream(tmp_path: Path) -> None:
+    """`upscale image - -o -` writes into memory: the 16-bit RGB TIFF must land there, whole."""
+    deep = _sixteen_bit_photo()
+    stream = io.BytesIO()
+    encode_picture(Picture(deep, None, "TIFF"), "TIFF", stream)
+    (tmp_path / "s.tif").write_bytes(stream.getvalue())
+    assert np.array_equal(read_picture(tmp_path / "s.tif").color, deep)
+
+
+@pytest.mark.parametrize(("recorded", "expected"), [({0xA002: 150}, {0xA002: 600, 0xA003: 400}), ({0x9003: "2020:01:01 00:00:00"}, {})])
+def test_exif_pixel_dimensions_are_set_only_where_some_were(tmp_path: Path, recorded: dict[int, object], expected: dict[int, int]) -> None:
+    """One dimension recorded: both are brought up to date; none recorded: none are invented."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769).update(recorded)
+    picture = Picture(photo_array("coffee.png").repeat(4, 0).repeat(4, 1), None, "JPEG", exif=exif.tobytes())
+    encode_picture(picture, "JPEG", tmp_path / "big.jpg")
+    with Image.open(tmp_path / "big.jpg") as img:
+        details = img.getexif().get_ifd(0x8769)
+        assert {tag: details[tag] for tag in (0xA002, 0xA003) if tag in details} == expected
