@@ -91,6 +91,25 @@ def test_padding_reflects_or_replicates_as_numpy_does() -> None:
     assert np.array_equal(out, whole(blur_then_nearest(2), replicated)[:10, :80])
 
 
+@pytest.mark.parametrize(("height", "width", "mode"), [(6, 8, None), (6, 11, "reflect"), (9, 8, "reflect"), (12, 8, "edge"),
+                                                      (6, 16, "edge"), (11, 15, "reflect")])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_pad_to_the_grid(height: int, width: int, mode: str | None, dtype: type) -> None:
+    """Reflection needs fewer padded rows (columns) than the image has; at as many or more, replication."""
+    from types import SimpleNamespace
+
+    from upscaler.engine.frames import _pad
+
+    image = photo_array("coffee.png")[:6, :8].astype(dtype) * (257 if dtype == np.uint16 else 1)
+    planes = torch.from_numpy(image).permute(2, 0, 1)
+    padded = _pad(planes, SimpleNamespace(height=height, width=width))  # type: ignore[arg-type]
+    if mode is None:
+        assert padded is planes  # nothing to pad: not even a copy
+        return
+    expected = np.pad(image, ((0, height - 6), (0, width - 8), (0, 0)), mode=mode)  # type: ignore[call-overload]
+    assert padded.dtype == planes.dtype and np.array_equal(padded.permute(1, 2, 0).numpy(), expected)
+
+
 def test_gray_is_the_luma_of_the_models_rgb() -> None:
     gray = photo_array("coffee.png")[:30, :40, 1].copy()
     k = (1.0, 0.5, 0.25)
@@ -137,13 +156,19 @@ def test_rgbx_output_is_a_view_of_four_byte_pixels() -> None:
     assert deep.is_contiguous()  # only 8-bit RGB goes to Pillow as RGBX
 
 
-def test_other_output_scales_are_an_antialiased_bicubic_resize() -> None:
+@pytest.mark.parametrize("top", [255, 65535])
+def test_other_output_scales_are_an_antialiased_bicubic_resize(top: int) -> None:
     image = photo_array("coffee.png")[:30, :40].copy()
+    image[::4] = 255  # saturated stripes: bicubic overshoots both ends, so the clamp shows
+    image[1::4] = 0
+    image = image.astype(np.uint16) * 257 if top == 65535 else image
     out = upscaler(nearest(4), GRIDS["fixed 32/8"], scale=4, out_scale=3)(Frame(torch.from_numpy(image))).color
-    full = torch.from_numpy(image.repeat(4, 0).repeat(4, 1)).permute(2, 0, 1)[None].float()
+    full = torch.from_numpy(image.repeat(4, 0).repeat(4, 1).astype(np.float32)).permute(2, 0, 1)[None]
     expected = F.interpolate(full, size=(90, 120), mode="bicubic", antialias=True, align_corners=False)[0]
-    expected = expected.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
-    assert out.shape == (90, 120, 3) and torch.equal(out, expected)
+    assert expected.max() > top + 1 and expected.min() < -1
+    expected = expected.clamp(0, top).round().permute(1, 2, 0).numpy()
+    assert out.shape == (90, 120, 3) and out.dtype == torch.from_numpy(image).dtype
+    assert np.array_equal(out.numpy(), expected.astype(image.dtype))
 
 
 def test_batches_hold_whole_tiles() -> None:
@@ -162,8 +187,12 @@ def test_batches_hold_whole_tiles() -> None:
     assert sum(sizes) == count and sizes[:2] == [4, 1]  # a dynamic engine runs the short one as it is
     sizes.clear()
     alpha = np.full((64, 110), 255, np.uint8)
-    upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
+    alpha[::3] = 128  # colour and alpha differ: mixed-up inputs would show
+    paired = upscaler(run, grid, batch=4)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
     assert sum(sizes) == 2 * count and max(sizes) == 4  # colour and alpha of a tile: two inputs
+    assert np.array_equal(paired.alpha.numpy(), alpha.repeat(2, 0).repeat(2, 1))
+    assert np.abs(paired.color.numpy().astype(int) - expected).max() <= 1  # premultiplied and back
+    alpha[::3] = 255
     sizes.clear()
     single = upscaler(run, grid, batch=1)(Frame(torch.from_numpy(image), torch.from_numpy(alpha)))
     assert set(sizes) == {1} and len(sizes) == 2 * count  # a tile's two inputs in two batches, put back together
@@ -217,7 +246,7 @@ def test_non_finite_tiles_are_recomputed_in_fp32_once_built(caplog: pytest.LogCa
     tiles = _tiles()
     with caplog.at_level("WARNING", logger="upscaler"):
         out = runner(tiles)
-    assert "2 tile(s) overflowed or collapsed in fp32; recomputed in fp32" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["2 tile(s) overflowed or collapsed in fp32; recomputed in fp32"]
     assert torch.equal(out, nearest(2)(tiles))
     runner(tiles)
     assert len(built) == 1 and built[0].calls == 2  # built once, and only the two bad tiles went to it each time
@@ -226,8 +255,11 @@ def test_non_finite_tiles_are_recomputed_in_fp32_once_built(caplog: pytest.LogCa
 def test_non_finite_without_fallback_or_in_fp32_too_fails_the_frame() -> None:
     with pytest.raises(FrameError, match=r"^the model's output is not finite \(NaN or infinity\) even in fp32; nothing was written$"):
         ModelRunner(Broken({0}), torch.float32, None)(_tiles())
-    with pytest.raises(FrameError, match="not finite"):
+    with pytest.raises(FrameError, match=r"^the model's output is not finite \(NaN or infinity\) even in fp32; nothing was written$"):
         ModelRunner(Broken({0}), torch.bfloat16, lambda: Broken({0}))(_tiles())
+    seen: list[torch.dtype] = []
+    ModelRunner(lambda x: seen.append(x.dtype) or nearest(2)(x), torch.bfloat16, None)(_tiles())
+    assert seen == [torch.bfloat16]  # the model runs in its own precision
 
 
 def test_flat_tiles_are_redone_only_in_reduced_precision(caplog: pytest.LogCaptureFixture) -> None:
@@ -273,3 +305,16 @@ def test_checked_is_the_same_model_checking_each_batch() -> None:
     assert (checked.run, checked.dtype, checked.fallback, checked.deferred) == (deferred.run, torch.bfloat16, fallback, False)
     out = checked(_tiles())
     assert torch.equal(out[2], nearest(2)(_tiles())[2]) and bool(torch.isfinite(out).all())  # redone, not passed on
+
+
+@pytest.mark.parametrize("spoil", [float("inf"), float("-inf")])
+def test_one_infinite_pixel_is_enough_to_redo_a_tile(spoil: float) -> None:
+    tiles = _tiles()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = nearest(2)(x)
+        out[3, 1, 5, 7] = spoil  # one pixel of one tile
+        return out
+
+    fixed = ModelRunner(run, torch.float32, lambda: nearest(2))(tiles)
+    assert torch.equal(fixed, nearest(2)(tiles))
