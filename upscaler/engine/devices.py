@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import platform
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,6 +14,28 @@ from torch import nn
 M = TypeVar("M", bound=nn.Module)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt's parameter numbers (glibc's malloc.h)
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for it on 64-bit systems
+
+
+def keep_freed_heap(nbytes: int) -> bool:
+    """Ask glibc to reuse freed memory for the next image instead of returning it to the system at once.
+
+    The CPU model allocates and frees activations of tens to hundreds of MB per image. By default
+    glibc maps the biggest anew and unmaps them when freed, so every image faults those pages in
+    again, zeroed by the kernel: on Set14 with the built-in model that was a fifth of the model's
+    time (benchmarks/RESULTS.md). Setting any parameter stops glibc adapting its mapping
+    threshold, so that is set to its ceiling (blocks below it come from the heap), and `nbytes`
+    of padding is kept at the top of the heap for the bigger ones. False where the C library is
+    not glibc (nothing changes there).
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_MMAP_THRESHOLD_MAX))) and bool(mallopt(_M_TOP_PAD, ctypes.c_int(nbytes)))
 
 
 def resolve_device(spec: str) -> torch.device:

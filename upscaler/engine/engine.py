@@ -18,7 +18,8 @@ import torch
 
 from upscaler.engine.backends import open_runner
 from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
-from upscaler.engine.plan import RunPlan, TilePlan, plan_run
+from upscaler.engine.devices import keep_freed_heap
+from upscaler.engine.plan import CPU_BUDGET_CAP, RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture, pillow_encodes
 from upscaler.models.weights import LoadedModel, load_model
@@ -136,6 +137,8 @@ def open_engine(settings: RunSettings, model: LoadedModel | None = None) -> Engi
     """Load the model (unless given), plan the run and open its backend; ValueError on bad settings."""
     model = model or load_model(settings.model)
     plan = plan_run(settings, model)
+    if plan.device.type == "cpu":
+        keep_freed_heap(CPU_BUDGET_CAP)  # as much as one image's working set may take
     runner = open_runner(plan, model)
     frames = FrameUpscaler(runner, plan.scale, plan.out_scale, plan.batch, plan.tiles.static_shape, plan.tiles.grid)
     return Engine(model, plan, frames)

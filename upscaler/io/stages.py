@@ -22,7 +22,7 @@ M = TypeVar("M")
 _END = object()
 _POLL_S = 0.1
 _READER_GRACE_S = 2.0
-IO_NICENESS = 10  # decoders and encoders run at this niceness (Linux), the model's threads at the process's
+IO_NICENESS = 19  # decoders and encoders run at this niceness (Linux), the model's threads at the process's
 
 
 def yield_to_the_model() -> None:
