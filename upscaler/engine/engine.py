@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from upscaler.engine.backends import open_runner
-from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
 from upscaler.engine.devices import keep_freed_heap
+from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
 from upscaler.engine.plan import CPU_BUDGET_CAP, RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture, pillow_encodes
