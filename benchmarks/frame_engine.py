@@ -82,15 +82,16 @@ def main() -> None:
     pixels = sum(i.shape[0] * i.shape[1] for i in images)
     computed = sum(engine.plan.tiles.grid(*i.shape[:2]).computed_pixels for i in images)
     rounds = []
-    for _ in range(args.rounds + 1):  # the first round warms both up (every shape met once) and is not counted
+    for _ in range(args.rounds + 1):
         with tempfile.TemporaryDirectory() as folder:
             ours = dir_seconds(engine, sources, Path(folder))
         rounds.append((ours, bare_seconds(engine, images)))
-    ours, bare = sorted(rounds[1:], key=lambda r: r[1] / r[0])[len(rounds[1:]) // 2]
+    rounds = rounds[1:]  # the first round warmed both up (every shape met once)
+    ours, bare = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
     gflops = pixels * macs * 2 / 1e9
     print(f"(a) upscale dir over {len(sources)} photos ({pixels / 1e6:.2f} MP): {gflops / ours:.1f} useful GFLOP/s; "
           f"bare model {gflops / bare:.1f} GFLOP/s; ratio {bare / ours:.2f} (goal >= 0.90), the median of "
-          f"{len(rounds) - 1} alternating rounds: {' '.join(f'{b / o:.2f}' for o, b in rounds[1:])}")
+          f"{len(rounds)} alternating rounds: {' '.join(f'{b / o:.2f}' for o, b in rounds)}")
     print(f"(c) computed/real pixels over those photos: {computed / pixels:.3f} (goal <= 1.15)")
 
     frame = frame_from_photo(np.asarray(Image.open(ROOT / "examples" / "astronaut.png").convert("RGB")), 960, 540)
