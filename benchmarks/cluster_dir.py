@@ -45,11 +45,11 @@ def local(settings: RunSettings, folder: Path, threads: int) -> float:
     default = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        upscale = open_engine(settings).upscale
+        engine = open_engine(settings)
         with tempfile.TemporaryDirectory() as out:
             jobs = plan(folder, Path(out))
             start = time.perf_counter()
-            check(list(run_jobs(jobs, upscale)), len(jobs))
+            check(list(run_jobs(jobs, engine.launch, depth=engine.depth)), len(jobs))
             return time.perf_counter() - start
     finally:
         torch.set_num_threads(default)
@@ -102,7 +102,7 @@ def main() -> None:
 
         round_trip = measure_round_trip()
         with tempfile.TemporaryDirectory() as out:
-            check(list(run_jobs(plan(folder, Path(out)), open_engine(settings).upscale)), count)
+            check(list(run_jobs(plan(folder, Path(out)), open_engine(settings).launch)), count)
             out_bytes = sum(p.stat().st_size for p in Path(out).iterdir())
         planning = measure_planning(Path(tmp))
         ray.shutdown()

@@ -24,6 +24,20 @@ from upscaler.io.stages import IO_NICENESS, Stages
 from .conftest import EXAMPLES, assert_complete_images
 
 
+def at_once(upscale: Callable[[Picture, str], Picture]) -> pipeline.Launch:
+    """A model call as a launch that does the work at once, as the CPU engine's does."""
+
+    def launch(picture: Picture, out_format: str) -> Callable[[], Picture]:
+        result = upscale(picture, out_format)
+        return lambda: result
+
+    return launch
+
+
+def _unchanged(picture: Picture, _format: str) -> Callable[[], Picture]:
+    return lambda: picture
+
+
 def _jobs(tmp_path: Path, count: int) -> list[Job]:
     jobs = []
     for i in range(count):
@@ -59,7 +73,7 @@ def test_reads_run_ahead_of_the_model_on_worker_threads(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(pipeline, "read_picture", read)
     monkeypatch.setattr(pipeline, "_write", write)
-    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 6), upscale, lookahead=3))
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 6), at_once(upscale), lookahead=3))
     assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(6)]  # in order
     assert all(o.ok for o in outcomes) and [o.input_pixels for o in outcomes] == [112 * 75] * 6
     readers = {name for name in threads if name.startswith("read_")}
@@ -112,7 +126,7 @@ def _stepwise(jobs: list[Job], lookahead: int, max_bytes: int = pipeline.DEFAULT
             raise FrameError("not finite")
         return picture
 
-    runner = pipeline.JobRunner(jobs, upscale, lookahead=lookahead, max_bytes=max_bytes)
+    runner = pipeline.JobRunner(jobs, at_once(upscale), lookahead=lookahead, max_bytes=max_bytes)
     runner.readers.shutdown()
     runner.writers.shutdown()
     runner.readers, runner.writers = Immediate(), Deferred()  # type: ignore[assignment]
@@ -165,24 +179,25 @@ def test_a_picture_that_failed_holds_no_bytes(tmp_path: Path) -> None:
 
 def test_lookahead_must_be_positive() -> None:
     with pytest.raises(ValueError, match="^lookahead must be at least 1$"):
-        pipeline.JobRunner([], lambda picture, _format: picture, lookahead=0)
-    assert list(pipeline.run_jobs([], lambda picture, _format: picture, lookahead=1)) == []
+        pipeline.JobRunner([], _unchanged, lookahead=0)
+    assert list(pipeline.run_jobs([], _unchanged, lookahead=1)) == []
 
 
 def test_defaults_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[tuple[int, int, int]] = []
+    made: list[tuple[int, int, int, int]] = []
 
     class Recording(pipeline.JobRunner):
-        def __init__(self, jobs: list[Job], upscale: pipeline.Upscale, lookahead: int, workers: int, max_bytes: int) -> None:
-            made.append((lookahead, workers, max_bytes))
-            super().__init__(jobs, upscale, lookahead, workers, max_bytes)
+        def __init__(self, jobs: list[Job], launch: pipeline.Launch, lookahead: int, workers: int, max_bytes: int,
+                     depth: int) -> None:
+            made.append((lookahead, workers, max_bytes, depth))
+            super().__init__(jobs, launch, lookahead, workers, max_bytes, depth)
 
-    default = pipeline.JobRunner([], lambda picture, _format: picture)
-    assert (default.lookahead, default.max_bytes, default.readers._max_workers, default.writers._max_workers) == (4, 512 << 20, 2, 2)
+    default = pipeline.JobRunner([], _unchanged)
+    assert (default.lookahead, default.max_bytes, default.readers._max_workers, default.writers._max_workers, default.depth) == (4, 512 << 20, 2, 2, 0)
     monkeypatch.setattr(pipeline, "JobRunner", Recording)
-    list(pipeline.run_jobs([], lambda picture, _format: picture))
-    list(pipeline.run_jobs([], lambda picture, _format: picture, 2, 3, 1000))
-    assert made == [(4, 2, 512 << 20), (2, 3, 1000)]
+    list(pipeline.run_jobs([], _unchanged))
+    list(pipeline.run_jobs([], _unchanged, 2, 3, 1000, 1))
+    assert made == [(4, 2, 512 << 20, 0), (2, 3, 1000, 1)]
 
 
 def test_before_any_size_is_known_reads_start_one_at_a_time(tmp_path: Path) -> None:
@@ -202,7 +217,7 @@ def test_the_format_written_is_the_jobs_not_the_names(tmp_path: Path) -> None:
         told.append(fmt)
         return picture
 
-    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], upscale))
+    outcomes = list(pipeline.run_jobs([Job(source, tmp_path / "out" / "000.img", "TIFF")], at_once(upscale)))
     assert outcomes[0].ok and told == ["TIFF"]
     with Image.open(tmp_path / "out" / "000.img") as img:
         assert img.format == "TIFF"
@@ -219,7 +234,7 @@ def test_closing_early_waits_for_the_writes_in_flight(tmp_path: Path, monkeypatc
         real_write(job, picture)
 
     monkeypatch.setattr(pipeline, "_write", write)
-    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 2), lambda picture, _format: picture, lookahead=4))
+    outcomes = cast(Generator[pipeline.Outcome, None, None], pipeline.run_jobs(_jobs(tmp_path, 2), _unchanged, lookahead=4))
     assert next(outcomes).ok  # the first is on disk; the second write has been handed to a writer and waits
     timer = threading.Timer(0.3, release.set)
     timer.start()
@@ -237,7 +252,7 @@ def test_nothing_is_written_through_a_link_out_of_the_output_folder(tmp_path: Pa
     outside.mkdir()
     out.mkdir()
     (out / "sub").symlink_to(outside, target_is_directory=True)
-    outcomes = list(pipeline.run_jobs([Job(job.source, out / "sub" / "000.png", "PNG", root=out)], lambda picture, _format: picture))
+    outcomes = list(pipeline.run_jobs([Job(job.source, out / "sub" / "000.png", "PNG", root=out)], _unchanged))
     assert not outcomes[0].ok and outcomes[0].error
     assert list(outside.iterdir()) == []
 
@@ -261,7 +276,7 @@ def test_an_exception_in_the_model_fails_only_that_file(tmp_path: Path) -> None:
             raise RuntimeError("CUDA error: an illegal memory access")
         return picture
 
-    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 4), flaky))
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 4), at_once(flaky)))
     assert [o.ok for o in outcomes] == [True, False, True, True]
     assert "illegal memory access" in (outcomes[1].error or "")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "002.png", "003.png"]
@@ -290,14 +305,14 @@ def test_lookahead_is_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(pipeline, "read_picture", tracked_read)
     size = real_read(EXAMPLES / "chelsea.png").color.nbytes
-    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 12), upscale, lookahead=8, max_bytes=2 * size))
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 12), at_once(upscale), lookahead=8, max_bytes=2 * size))
     assert all(o.ok for o in outcomes) and len(outcomes) == 12
     assert max(held) <= 2
 
 
 def test_interrupted_runs_count_every_write_that_finished(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path, 6)
-    runner = pipeline.JobRunner(jobs, lambda picture, _format: picture, lookahead=3)
+    runner = pipeline.JobRunner(jobs, _unchanged, lookahead=3)
     seen = []
     for outcome in runner:
         seen.append(outcome)
@@ -342,7 +357,7 @@ def test_each_failure_is_one_line_for_its_file(tmp_path: Path) -> None:
     lost = _jobs(tmp_path / "more", 2)
     black.color[0, 0, 0] = 1
     pipeline.encode_picture(black, "PNG", lost[1].source)
-    outcomes = list(pipeline.run_jobs(jobs + lost, upscale))
+    outcomes = list(pipeline.run_jobs(jobs + lost, at_once(upscale)))
     assert [o.error for o in outcomes] == [
         None,
         "not a readable image (unknown or corrupt format)",
@@ -377,7 +392,7 @@ def test_an_interruption_does_not_wait_for_reads_in_progress(tmp_path: Path, mon
     monkeypatch.setattr(pipeline, "read_picture", read)
     watchdog = threading.Timer(30, release.set)  # only a runner that waits for the read ever gets this far
     watchdog.start()
-    runner = pipeline.JobRunner(_jobs(tmp_path, 4), upscale, lookahead=2)
+    runner = pipeline.JobRunner(_jobs(tmp_path, 4), at_once(upscale), lookahead=2)
     try:
         with pytest.raises(KeyboardInterrupt):
             list(runner)
@@ -413,7 +428,7 @@ def test_decoders_and_encoders_run_below_the_models_priority(tmp_path: Path, mon
     monkeypatch.setattr(pipeline, "read_picture", read)
     monkeypatch.setattr(pipeline, "_write", write)
     model = _niceness()
-    assert all(o.ok for o in pipeline.run_jobs(_jobs(tmp_path, 2), upscale))
+    assert all(o.ok for o in pipeline.run_jobs(_jobs(tmp_path, 2), at_once(upscale)))
 
     def frames() -> Iterator[tuple[None, np.ndarray]]:
         seen["decode"] = _niceness()
@@ -426,3 +441,66 @@ def test_decoders_and_encoders_run_below_the_models_priority(tmp_path: Path, mon
     expected = max(model, IO_NICENESS)
     assert seen == {"read": expected, "write": expected, "model": model, "decode": expected, "encode": expected}
     assert _niceness() == model
+
+
+def _recording_launch(events: list[str], failing: int | None = None) -> pipeline.Launch:
+    """Records each launch and collect; the picture numbered `failing` fails when collected, as a device error would."""
+
+    def launch(picture: Picture, _format: str) -> Callable[[], Picture]:
+        index = sum(event.startswith("launch") for event in events)
+        events.append(f"launch {index}")
+
+        def collect() -> Picture:
+            events.append(f"collect {index}")
+            if index == failing:
+                raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
+            return picture
+
+        return collect
+
+    return launch
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_up_to_depth_pictures_stay_launched_while_the_oldest_is_collected(tmp_path: Path, depth: int) -> None:
+    """On CUDA the next pictures are queued before the host waits for the oldest: the device never idles between pictures."""
+    events: list[str] = []
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 5), _recording_launch(events), lookahead=3, depth=depth))
+    assert [o.job.source.stem for o in outcomes] == [f"{i:03d}" for i in range(5)] and all(o.ok for o in outcomes)
+    in_flight, most = 0, 0
+    for event in events:
+        in_flight += 1 if event.startswith("launch") else -1
+        most = max(most, in_flight)
+    assert most == depth + 1 and in_flight == 0
+    assert [e for e in events if e.startswith("collect")] == [f"collect {i}" for i in range(5)]
+    assert events.index("collect 0") == events.index(f"launch {depth}") + 1  # collected as soon as `depth` are behind it
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:03d}.png" for i in range(5)]
+
+
+def test_a_failure_when_collected_fails_only_that_file(tmp_path: Path) -> None:
+    events: list[str] = []
+    outcomes = list(pipeline.run_jobs(_jobs(tmp_path, 4), _recording_launch(events, failing=1), depth=2))
+    assert [o.ok for o in outcomes] == [True, False, True, True]
+    assert outcomes[1].error == "the model's output is not finite (NaN or infinity) even in fp32; nothing was written"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "002.png", "003.png"]
+
+
+def test_an_interruption_drops_launched_pictures_and_finishes_started_writes(tmp_path: Path) -> None:
+    """Ctrl-C with pictures launched but not collected: those are never written, every started write completes."""
+    events: list[str] = []
+    recording = _recording_launch(events)
+
+    def launch(picture: Picture, out_format: str) -> Callable[[], Picture]:
+        if len(events) == 6:  # launches 0-3 and collects 0-1 done: pictures 2 and 3 are in flight
+            raise KeyboardInterrupt
+        return recording(picture, out_format)
+
+    runner = pipeline.JobRunner(_jobs(tmp_path, 6), launch, lookahead=2, depth=2)
+    seen: list[pipeline.Outcome] = []
+    with pytest.raises(KeyboardInterrupt):
+        for outcome in runner:
+            seen.append(outcome)
+    finished = seen + runner.drain()
+    assert [o.job.source.stem for o in finished] == ["000", "001"] and all(o.ok for o in finished)
+    assert events[-1] == "collect 1" and not runner.launched
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "001.png"]  # no temporaries either

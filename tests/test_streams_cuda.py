@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from upscaler.engine.engine import open_engine
+from upscaler.engine.pipeline import run_jobs
 from upscaler.engine.settings import RunSettings
-from upscaler.io.images import Picture
+from upscaler.io.files import Job
+from upscaler.io.images import Picture, read_picture
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.quality.metrics import psnr
 
@@ -47,3 +52,26 @@ def test_pictures_with_alpha_and_16_bit_on_cuda() -> None:
     out, ref = gpu.upscale(Picture(color, alpha, "PNG")), cpu.upscale(Picture(color, alpha, "PNG"))
     assert out.color.dtype == np.uint16 and out.alpha is not None and ref.alpha is not None
     assert psnr(out.color >> 8, ref.color >> 8) >= 40 and np.abs(out.alpha.astype(int) - ref.alpha).max() <= 257
+
+
+def test_dir_keeps_pictures_in_flight_across_picture_boundaries(tmp_path: Path) -> None:
+    """`upscale dir`'s runner on CUDA: pictures of different sizes, modes and formats launched `depth` ahead, each
+    written as the CPU in fp32 writes it (RGB as RGBX buffers for JPEG, alpha, gray)."""
+    gpu = open_engine(RunSettings(model="default", device="cuda", precision="fp16", streams=3))
+    cpu = open_engine(CPU_FP32)
+    assert gpu.depth == 2
+    sources = []
+    for i, name in enumerate(["chelsea.png", "coffee.png", "astronaut.png"] * 2):
+        image = Image.fromarray(photo_array(name))
+        image = [image, image.convert("L"), image.convert("RGBA")][i % 3]
+        sources.append(tmp_path / f"{i}-{name}")
+        image.save(sources[-1], format="PNG")
+    jobs = [Job(s, tmp_path / "out" / f"{s.stem}.{'jpg' if i % 3 == 0 else 'png'}", "JPEG" if i % 3 == 0 else "PNG")
+            for i, s in enumerate(sources)]
+    outcomes = list(run_jobs(jobs, gpu.launch, depth=gpu.depth))
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    for job in jobs:
+        written = np.asarray(Image.open(job.target))
+        reference = cpu.upscale(read_picture(job.source), job.format)
+        expected = reference.color if reference.alpha is None else np.dstack([reference.color, reference.alpha])
+        assert psnr(written, expected) >= (30 if job.format == "JPEG" else 40), job.source.name

@@ -61,7 +61,7 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
         try:
             if cluster is None:
                 engine = open_engine(settings)
-                runner: JobRunner | ClusterRunner = JobRunner(jobs, engine.upscale)
+                runner: JobRunner | ClusterRunner = JobRunner(jobs, engine.launch, depth=engine.depth)
                 model, backend = engine.model.source, engine.description
             else:
                 runner, info = resources.enter_context(cluster_runner(cluster, jobs, settings))

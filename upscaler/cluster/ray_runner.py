@@ -144,7 +144,7 @@ class PictureWorker:
             return []
         if self.engine is None:  # a restart whose engine did not open (the first start's failure stops the run)
             return [Outcome(job, error=f"the Ray worker's engine did not open: {self.info.error}") for job in jobs]
-        runner = JobRunner(jobs, self.engine.upscale)
+        runner = JobRunner(jobs, self.engine.launch, depth=self.engine.depth)
         done: list[Outcome] = []
         outcomes = iter(runner)
         for outcome in outcomes:

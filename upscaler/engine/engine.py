@@ -1,16 +1,17 @@
 """The engine that commands use: a model opened once under a run plan, pictures and frames through it.
 
-On CUDA, frames are kept in flight on `streams` CUDA streams: while frame k computes on its
-stream, frame k+1 is uploaded on the next and frame k-1 downloaded on the previous, so the
-GPU never waits for the host. Each frame crosses the bus once each way, as integers, through
-pinned host memory. On the CPU the same code runs one frame at a time.
+On CUDA, frames and pictures are kept in flight on `streams` CUDA streams, across picture
+boundaries: while frame k computes on its stream, frame k+1 is uploaded on the next and frame
+k-1 downloaded on the previous, so the GPU never waits for the host. Each frame crosses the bus
+once each way, as integers, through pinned host memory. On the CPU the same code runs one
+frame at a time.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from upscaler.engine.backends import open_runner
 from upscaler.engine.devices import keep_freed_heap
-from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
+from upscaler.engine.frames import Frame, FrameUpscaler, split_planes
 from upscaler.engine.plan import CPU_BUDGET_CAP, RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture, pillow_encodes
@@ -32,8 +33,9 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 class Engine:
     model: LoadedModel
     plan: RunPlan
-    frames: FrameUpscaler
+    frames: FrameUpscaler  # pictures, checking every batch as it comes
     _streams: list[torch.cuda.Stream] = field(default_factory=list)
+    _launched: int = 0
 
     @property
     def description(self) -> str:
@@ -44,93 +46,95 @@ class Engine:
         """The output scale (the model's unless --scale said otherwise)."""
         return self.plan.out_scale
 
+    @property
+    def depth(self) -> int:
+        """How many launched pictures a caller should leave uncollected after each launch.
+
+        On CUDA one per stream besides the one being collected, so the device always has queued
+        work while the host waits for the oldest; on the CPU a launch does all the work at once.
+        """
+        return self.plan.streams - 1 if self.plan.device.type == "cuda" else 0
+
     def upscale(self, picture: Picture, out_format: str = "PNG") -> Picture:
         """A decoded picture (native integers) -> the upscaled picture, same depth and metadata.
 
         `out_format` is the file format the result is for: its pixels come laid out as that
         format's encoder reads them, so the writer copies nothing.
         """
-        color, alpha = _to_device(picture.color, self.plan.device), None
-        if picture.alpha is not None:
-            alpha = _to_device(picture.alpha, self.plan.device)
-        out = self.frames(Frame(color, alpha), rgbx=pillow_encodes(out_format))
-        return replace(picture, color=_to_host(out.color), alpha=None if out.alpha is None else _to_host(out.alpha))
+        return self.launch(picture, out_format)()
+
+    def launch(self, picture: Picture, out_format: str = "PNG") -> Callable[[], Picture]:
+        """Start upscaling a picture (see `upscale`); the call returned waits for it and gives the result.
+
+        On CUDA nothing here waits for the device, so pictures stay in flight across picture
+        boundaries: the caller decodes, launches the next and encodes the previous meanwhile.
+        """
+        collect = self._launch(self._upscaler(self.plan.tiles), picture.color, picture.alpha, pillow_encodes(out_format))
+
+        def result() -> Picture:
+            color, alpha = collect()
+            return replace(picture, color=color, alpha=alpha)
+
+        return result
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Equal-sized RGB (or gray) integer frames -> upscaled frames, in order, pipelined on CUDA."""
-        frames = iter(frames)
-        first = next(frames, None)
-        if first is None:
-            return
-        tiles: TilePlan = self.plan.tiles.for_frames()
-        if self.plan.device.type != "cuda":
-            upscale = self._frames_with(tiles, self.frames.runner)
-            yield upscale(Frame(torch.from_numpy(first))).color.numpy()
-            for frame in frames:
-                yield upscale(Frame(torch.from_numpy(frame))).color.numpy()
-            return
-        upscale = self._frames_with(tiles, replace(self.frames.runner, deferred=True))
-        pending: deque[_InFlight] = deque()
-        for index, frame in enumerate(_chain(first, frames)):
-            if len(pending) == self.plan.streams:
-                yield self._finish(pending.popleft(), tiles)
-            pending.append(self._launch(upscale, frame, index % self.plan.streams))
+        upscaler = self._upscaler(self.plan.tiles.for_frames())
+        pending: deque[Callable[[], tuple[np.ndarray, np.ndarray | None]]] = deque()
+        for frame in frames:
+            pending.append(self._launch(upscaler, frame, None, rgbx=False))
+            while len(pending) > self.depth:
+                yield pending.popleft()()[0]
         while pending:
-            yield self._finish(pending.popleft(), tiles)
+            yield pending.popleft()()[0]
 
-    def _frames_with(self, tiles: TilePlan, runner: ModelRunner) -> FrameUpscaler:
-        return FrameUpscaler(runner, self.frames.scale, self.frames.out_scale, self.frames.batch, tiles.static_shape,
-                             tiles.grid)
+    def _upscaler(self, tiles: TilePlan) -> FrameUpscaler:
+        """The upscaler for a tile plan; on CUDA its check's verdict waits on the device (see ModelRunner)."""
+        runner = self.frames.runner
+        if self.plan.device.type == "cuda":
+            runner = replace(runner, deferred=True)
+        return replace(self.frames, runner=runner, static_batch=tiles.static_shape, plan_grid=tiles.grid)
 
-    def _launch(self, upscale: FrameUpscaler, frame: np.ndarray, slot: int) -> _InFlight:
-        """Queue one frame (upload, tiles, check, download) on its slot's stream; nothing here waits for the GPU."""
+    def _launch(self, upscaler: FrameUpscaler, color: np.ndarray, alpha: np.ndarray | None,
+                rgbx: bool) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
+        """Queue one frame (upload, tiles, check, download) on the next CUDA stream, or run it on the CPU."""
+        gray, has_alpha = color.ndim == 2, alpha is not None
+        if self.plan.device.type != "cuda":
+            planes = upscaler.planes(Frame(_host_tensor(color), None if alpha is None else _host_tensor(alpha)), rgbx)
+            return lambda: split_planes(planes.numpy(), gray, has_alpha)
         if not self._streams:
             self._streams = [torch.cuda.Stream(self.plan.device) for _ in range(self.plan.streams)]
-        stream = self._streams[slot]
-        host_in = torch.from_numpy(frame).pin_memory()
+        stream = self._streams[self._launched % len(self._streams)]
+        self._launched += 1
         with torch.cuda.stream(stream):
-            out = upscale(Frame(host_in.to(self.plan.device, non_blocking=True))).color
-            host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host_out.copy_(out, non_blocking=True)
-            verdict = upscale.runner.take_verdict()
+            frame = Frame(self._upload(color), None if alpha is None else self._upload(alpha))
+            planes = upscaler.planes(frame, rgbx)
+            host = torch.empty(planes.shape, dtype=planes.dtype, pin_memory=True)
+            host.copy_(planes, non_blocking=True)
+            verdict = upscaler.runner.take_verdict()
             suspect = torch.zeros((), dtype=torch.bool, pin_memory=True)
             if verdict is not None:
                 suspect.copy_(verdict, non_blocking=True)
             done = torch.cuda.Event()
             done.record(stream)
-        return _InFlight(frame, host_out, suspect, done)
 
-    def _finish(self, flight: _InFlight, tiles: TilePlan) -> np.ndarray:
-        """Wait for a frame; one that failed the reduced-precision check is redone with tiles checked one by one."""
-        flight.done.synchronize()
-        if not bool(flight.suspect):
-            return flight.host.numpy()
-        redo = self._frames_with(tiles, self.frames.runner.checked())
-        return redo(Frame(torch.from_numpy(flight.frame).to(self.plan.device))).color.cpu().numpy()
+        def collect() -> tuple[np.ndarray, np.ndarray | None]:
+            """Wait for the frame; one that failed the reduced-precision check is redone with tiles checked one by one."""
+            done.synchronize()
+            if not bool(suspect):
+                return split_planes(host.numpy(), gray, has_alpha)
+            redo = upscaler.checked().planes(Frame(self._upload(color), None if alpha is None else self._upload(alpha)), rgbx)
+            return split_planes(redo.cpu().numpy(), gray, has_alpha)
 
+        return collect
 
-@dataclass
-class _InFlight:
-    frame: np.ndarray
-    host: torch.Tensor  # pinned, filled by the download
-    suspect: torch.Tensor  # pinned bool: the device's verdict on the check
-    done: torch.cuda.Event
+    def _upload(self, pixels: np.ndarray) -> torch.Tensor:
+        """Host integers -> the device, through pinned memory, queued on the current stream."""
+        return _host_tensor(pixels).pin_memory().to(self.plan.device, non_blocking=True)
 
 
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
-
-
-def _to_device(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-def _to_host(pixels: torch.Tensor) -> np.ndarray:
-    return pixels.cpu().numpy() if pixels.device.type != "cpu" else pixels.numpy()
+def _host_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels))
 
 
 def open_engine(settings: RunSettings, model: LoadedModel | None = None) -> Engine:

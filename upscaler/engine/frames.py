@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +104,18 @@ def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> tor
     return bad
 
 
+P = TypeVar("P", torch.Tensor, np.ndarray)
+
+
+def split_planes(planes: P, gray: bool, has_alpha: bool) -> tuple[P, P | None]:
+    """(colour, alpha) views of an upscaled frame's H'xW'xK planes, on the device or copied to the host.
+
+    K is 1 (gray), 3 (RGB) or one more with alpha, which is last; RGB padded to RGBX is 4 without alpha.
+    """
+    color = planes[..., 0] if gray else planes[..., :3]
+    return color, planes[..., -1] if has_alpha else None
+
+
 @dataclass(frozen=True)
 class Frame:
     """A frame's integers on the device: colour HxWx3 or HxW, alpha HxW or None, same dtype."""
@@ -110,17 +124,31 @@ class Frame:
     alpha: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
 class FrameUpscaler:
     """Upscales device-resident integer frames tile by tile; see the module docstring."""
 
-    def __init__(self, runner: ModelRunner, scale: int, out_scale: int, batch: int, static_batch: bool,
-                 plan_grid: Callable[[int, int], TileGrid]) -> None:
-        self.runner, self.scale, self.out_scale = runner, scale, out_scale
-        self.batch, self.static_batch, self.plan_grid = batch, static_batch, plan_grid
+    runner: ModelRunner
+    scale: int
+    out_scale: int
+    batch: int
+    static_batch: bool
+    plan_grid: Callable[[int, int], TileGrid]
 
-    @torch.inference_mode()
+    def checked(self) -> FrameUpscaler:
+        """The same upscaler checking every batch as it comes (to redo a frame a deferred check failed)."""
+        return replace(self, runner=self.runner.checked())
+
     def __call__(self, frame: Frame, rgbx: bool = False) -> Frame:
         """Upscale one frame; with `rgbx`, 8-bit RGB comes back as a view of an RGBX buffer (see io/images)."""
+        return Frame(*split_planes(self.planes(frame, rgbx), frame.color.ndim == 2, frame.alpha is not None))
+
+    @torch.inference_mode()
+    def planes(self, frame: Frame, rgbx: bool = False) -> torch.Tensor:
+        """Upscale one frame into one H'xW'xK integer tensor (`split_planes` names its planes).
+
+        One tensor, so a device result crosses the bus in one contiguous copy.
+        """
         color, alpha = frame.color, frame.alpha
         height, width = color.shape[:2]
         grid = self.plan_grid(height, width)
@@ -135,22 +163,14 @@ class FrameUpscaler:
         s = self.scale
         padded = rgbx and out_planes == 3 and color.dtype == torch.uint8 and self.out_scale == s
         result = torch.empty(height * s, width * s, 4 if padded else out_planes, dtype=color.dtype, device=color.device)
-        if padded:
-            result = result[..., :3]
 
         def tiles_of(origins: list[tuple[int, int]]) -> torch.Tensor:
             cut = torch.stack([source[:, y : y + grid.tile_h, x : x + grid.tile_w] for y, x in origins]).float() / top
             return _model_inputs(cut, gray, alpha is not None)
 
         for first_row, rows in self._bands(grid, tiles_of, channels):
-            self._finish(rows, gray, alpha is not None, top, result, first_row, height * s)
-        if self.out_scale != s:
-            result = _resize(result, self.out_scale / s)
-        if gray and alpha is None:
-            return Frame(result[..., 0])
-        if alpha is None:
-            return Frame(result)
-        return Frame(result[..., 0] if gray else result[..., :3], result[..., -1])
+            self._finish(rows, gray, alpha is not None, top, result[..., :out_planes], first_row, height * s)
+        return _resize(result, self.out_scale / s) if self.out_scale != s else result
 
     def _bands(self, grid: TileGrid, tiles_of: Callable[[list[tuple[int, int]]], torch.Tensor],
                channels: int) -> Iterator[tuple[int, torch.Tensor]]:

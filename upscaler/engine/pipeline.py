@@ -1,7 +1,8 @@
 """The batch data path: read -> upscale -> write, with decoding and encoding beside inference.
 
-Readers decode ahead on worker threads while the model runs in the calling thread; writers
-encode on worker threads behind it, all of them at a lower priority than the model's threads
+Readers decode ahead on worker threads while the model runs in the calling thread; on CUDA the
+next pictures are launched before the previous one is collected, so the device stays busy
+across picture boundaries; writers encode on worker threads behind it, all of them at a lower priority than the model's threads
 (`yield_to_the_model`). Pillow, ffmpeg and torch all release the GIL while they
 work, so the threads really do overlap.
 """
@@ -19,7 +20,7 @@ from upscaler.io.files import Job, is_complete, write_atomically
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 from upscaler.io.stages import yield_to_the_model
 
-Upscale = Callable[[Picture, str], Picture]  # (picture, the format it will be written as) -> result
+Launch = Callable[[Picture, str], Callable[[], Picture]]  # (picture, the format it will be written as) -> collect
 
 
 @dataclass
@@ -52,21 +53,24 @@ class JobRunner:
     """Yields one Outcome per job as its output is safely on disk (or has failed), in order.
 
     Reads run ahead of the model on worker threads, at most `lookahead` pictures and at most
-    `max_bytes` of decoded pixels held; writes run behind it within the same two bounds, so
+    `max_bytes` of decoded pixels held; `launch` starts each picture, and up to `depth` launched
+    pictures stay uncollected (see `Engine.depth`); writes run behind within the same two bounds, so
     memory stays bounded however large the folder or its images. A failure of one job never
     stops the others. After an interruption (Ctrl-C inside or outside the iteration), `drain()`
     finishes the writes already started and returns their outcomes, so the summary counts
-    every file that reached the disk; reads not yet started are cancelled.
+    every file that reached the disk; reads not yet started are cancelled and pictures launched
+    but not collected are dropped.
     """
 
-    def __init__(self, jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2,
-                 max_bytes: int = DEFAULT_LOOKAHEAD_BYTES) -> None:
+    def __init__(self, jobs: list[Job], launch: Launch, lookahead: int = 4, workers: int = 2,
+                 max_bytes: int = DEFAULT_LOOKAHEAD_BYTES, depth: int = 0) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
-        self.jobs, self.upscale, self.lookahead, self.max_bytes = jobs, upscale, lookahead, max_bytes
+        self.jobs, self.launch, self.lookahead, self.max_bytes, self.depth = jobs, launch, lookahead, max_bytes, depth
         self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read", initializer=yield_to_the_model)
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write", initializer=yield_to_the_model)
         self.reads: deque[tuple[Job, Future[Picture]]] = deque()
+        self.launched: deque[tuple[Outcome, Callable[[], Picture] | None, int]] = deque()  # None: failed at launch
         self.writes: deque[tuple[Outcome, Future[None], int]] = deque()
         self.largest = 0  # bytes of the largest decoded picture so far
 
@@ -79,26 +83,29 @@ class JobRunner:
                 held += _nbytes(future.result())
             elif not future.done():
                 held += self.largest or self.max_bytes  # size unknown before the first picture: one at a time
-        return held + sum(size for _, _, size in self.writes)
+        return held + sum(size for _, _, size in self.launched) + sum(size for _, _, size in self.writes)
 
     def __iter__(self) -> Iterator[Outcome]:
         pending = iter(self.jobs)
         try:
             while True:
                 self._start_reads(pending)
-                if not self.reads and not self.writes:
+                if not self.reads and not self.launched and not self.writes:
                     return
                 if self.reads:
                     self.reads[0][1].exception()  # wait for the next picture, however its decode ends:
                     self._start_reads(pending)  # its size may let more decodes start before the model runs
-                    self._upscale_next()
-                while self.writes and (self.writes[0][1].done() or not self.reads or len(self.writes) > self.lookahead
-                                       or self._held_bytes() > self.max_bytes):
+                    self._launch_next()
+                elif self.launched:
+                    self._collect_next()  # no pictures left to launch
+                while self.writes and (self.writes[0][1].done() or not (self.reads or self.launched)
+                                       or len(self.writes) > self.lookahead or self._held_bytes() > self.max_bytes):
                     yield self._settle(*self.writes.popleft())
         finally:
             for _, future in self.reads:
                 future.cancel()
             self.reads.clear()
+            self.launched.clear()
             self.readers.shutdown(wait=False, cancel_futures=True)
 
     def _start_reads(self, pending: Iterator[Job]) -> None:
@@ -109,18 +116,30 @@ class JobRunner:
                 return
             self.reads.append((job, self.readers.submit(read_picture, job.source)))
 
-    def _upscale_next(self) -> None:
+    def _launch_next(self) -> None:
         job, future = self.reads.popleft()
         outcome = Outcome(job)
         try:
             picture = future.result()
             outcome.input_pixels = picture.size[0] * picture.size[1]
-            result = self.upscale(picture, job.format)
-            del picture
-            self.writes.append((outcome, self.writers.submit(_write, job, result), _nbytes(result)))
+            self.launched.append((outcome, self.launch(picture, job.format), _nbytes(picture)))
         except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
             outcome.error = _describe(exc)
-            self.writes.append((outcome, _done(), 0))
+            self.launched.append((outcome, None, 0))
+        while len(self.launched) > self.depth:
+            self._collect_next()
+
+    def _collect_next(self) -> None:
+        """Wait for the oldest launched picture and start writing it."""
+        outcome, collect, _ = self.launched.popleft()
+        if collect is not None:
+            try:
+                result = collect()
+                self.writes.append((outcome, self.writers.submit(_write, outcome.job, result), _nbytes(result)))
+                return
+            except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
+                outcome.error = _describe(exc)
+        self.writes.append((outcome, _done(), 0))
 
     def _settle(self, outcome: Outcome, write: Future[None], _size: int) -> Outcome:
         try:
@@ -144,10 +163,10 @@ def _nbytes(picture: Picture) -> int:
     return picture.color.nbytes + (0 if picture.alpha is None else picture.alpha.nbytes)
 
 
-def run_jobs(jobs: list[Job], upscale: Upscale, lookahead: int = 4, workers: int = 2,
-             max_bytes: int = DEFAULT_LOOKAHEAD_BYTES) -> Iterator[Outcome]:
+def run_jobs(jobs: list[Job], launch: Launch, lookahead: int = 4, workers: int = 2,
+             max_bytes: int = DEFAULT_LOOKAHEAD_BYTES, depth: int = 0) -> Iterator[Outcome]:
     """All outcomes of `JobRunner`, in order, for callers that need no interruption handling."""
-    runner = JobRunner(jobs, upscale, lookahead, workers, max_bytes)
+    runner = JobRunner(jobs, launch, lookahead, workers, max_bytes, depth)
     try:
         yield from runner
     finally:
