@@ -15,15 +15,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from upscaler.engine.openmp import wait_passively
 
-from upscaler.engine.engine import open_engine
-from upscaler.engine.pipeline import run_jobs
-from upscaler.engine.settings import RunSettings
-from upscaler.io.files import Job, discover, output_format, target_path
-from upscaler.models import macs_per_input_pixel
+wait_passively()  # as `upscale` does, before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from upscaler.engine.engine import open_engine  # noqa: E402
+from upscaler.engine.pipeline import run_jobs  # noqa: E402
+from upscaler.engine.settings import RunSettings  # noqa: E402
+from upscaler.io.files import Job, discover, output_format, target_path  # noqa: E402
+from upscaler.models import macs_per_input_pixel  # noqa: E402
 
 
 def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:
@@ -40,10 +44,10 @@ def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:
 
 
 def ours(settings: RunSettings, folder: Path, sources: list[Path], out: Path) -> float:
-    upscale = open_engine(settings).upscale
+    engine = open_engine(settings)
     jobs = [Job(s, target_path(s, folder, out, output_format(s, "keep")), "PNG") for s in sources]
     start = time.perf_counter()
-    failures = [o for o in run_jobs(jobs, upscale) if not o.ok]
+    failures = [o for o in run_jobs(jobs, engine.launch, depth=engine.depth) if not o.ok]
     if failures:
         raise SystemExit(f"{len(failures)} image(s) failed: {failures[0].error}")
     return time.perf_counter() - start

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -20,18 +21,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from upscaler.engine.openmp import wait_passively
 
-from upscaler.engine.bench import frame_from_photo, run_bench
-from upscaler.engine.devices import channels_last, cpu_name
-from upscaler.engine.engine import Engine, open_engine
-from upscaler.engine.pipeline import run_jobs
-from upscaler.engine.settings import RunSettings
-from upscaler.io.files import Job, discover
-from upscaler.io.images import read_picture
-from upscaler.models import macs_per_input_pixel
+wait_passively()  # as `upscale` does, before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from upscaler.engine.bench import frame_from_photo, run_bench  # noqa: E402
+from upscaler.engine.devices import channels_last, cpu_name  # noqa: E402
+from upscaler.engine.engine import Engine, open_engine  # noqa: E402
+from upscaler.engine.pipeline import run_jobs  # noqa: E402
+from upscaler.engine.settings import RunSettings  # noqa: E402
+from upscaler.io.files import Job, discover  # noqa: E402
+from upscaler.io.images import read_picture  # noqa: E402
+from upscaler.models import macs_per_input_pixel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +57,7 @@ def bare_seconds(engine: Engine, images: list[np.ndarray], repeat: int = 1) -> f
 def dir_seconds(engine: Engine, sources: list[Path], out: Path) -> float:
     jobs = [Job(s, out / f"{s.stem}.png", "PNG") for s in sources]
     start = time.perf_counter()
-    failed = [o.error for o in run_jobs(jobs, engine.upscale) if not o.ok]
+    failed = [o.error for o in run_jobs(jobs, engine.launch, depth=engine.depth) if not o.ok]
     if failed:
         raise SystemExit(f"failed: {failed}")
     return time.perf_counter() - start
@@ -74,8 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     engine = open_engine(RunSettings(model=args.model, device="cpu"))
     macs = macs_per_input_pixel(engine.model.module)
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {engine.description}; "
-          f"{macs:,.0f} MACs per input pixel")
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"torch {torch.__version__}; {engine.description}; {macs:,.0f} MACs per input pixel")
 
     sources = discover(args.photos, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
     images = [read_picture(s).color for s in sources]

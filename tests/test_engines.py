@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import site
 import subprocess
@@ -304,3 +305,22 @@ def test_the_next_image_reuses_the_heap_instead_of_faulting_it_in_again() -> Non
     page_count = 3 * 2000 * 1920 * 4 // 4096
     assert plain[2] > page_count  # every image faults its activations in again
     assert kept[2] < page_count // 20
+
+
+_POLICY_PROBE = """
+import atexit, os, sys
+import upscaler.__main__ as entry
+assert "torch" not in sys.modules  # so main() runs before torch (and its OpenMP runtime) loads
+atexit.register(lambda: print("policy", os.environ.get("OMP_WAIT_POLICY")))
+sys.argv = ["upscale", "models"]
+entry.main()
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_lets_idle_openmp_threads_sleep_unless_told_otherwise(given: str | None, expected: str) -> None:
+    """Spinning OpenMP threads would hold the cores the decoders and encoders need (benchmarks/RESULTS.md)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    run = subprocess.run([sys.executable, "-c", _POLICY_PROBE], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == f"policy {expected}"
