@@ -10,15 +10,22 @@ Runs, on the first CUDA GPU, in one process and one run (so every ratio is side 
    benchmark only; such weights are never shipped), with host CPU seconds per frame;
 3. copy/compute overlap from the CUDA trace (torch.profiler): time host<->device copies ran while
    kernels ran;
-4. `upscale pipe` 960x540 -> 3840x2160 through benchmarks/video_pipe.py, when that script exists.
+4. `upscale pipe` 960x540 -> 3840x2160 through benchmarks/video_pipe.py, when that script exists;
+5. pictures of different sizes (Set14 HR as inputs, or examples/): the engine launching `--streams`
+   - 1 pictures ahead of the one it collects vs the bare model on the same pictures, and the whole
+   `upscale dir` path (decode, launch, collect, PNG encode) on the same pictures, 1/2/4 streams.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +39,17 @@ sys.path.insert(0, str(ROOT))
 from upscaler.engine.bench import frame_from_photo  # noqa: E402
 from upscaler.engine.devices import channels_last  # noqa: E402
 from upscaler.engine.engine import Engine, open_engine  # noqa: E402
+from upscaler.engine.pipeline import run_jobs  # noqa: E402
 from upscaler.engine.settings import RunSettings  # noqa: E402
+from upscaler.io.files import Job, discover  # noqa: E402
+from upscaler.io.images import Picture, read_picture  # noqa: E402
 from upscaler.models import get_architecture, macs_per_input_pixel  # noqa: E402
 from upscaler.models.weights import LoadedModel, ModelCard, load_model  # noqa: E402
 
 
 def bare_fps(module: torch.nn.Module, frame: np.ndarray, frames: int) -> float:
     """The model alone on whole frames already on the GPU in fp16: the ceiling for the engine."""
-    net = channels_last(module.half().cuda().eval())
+    net = channels_last(copy.deepcopy(module).half().cuda().eval())
     x = torch.from_numpy(frame).cuda().permute(2, 0, 1)[None].half().div(255).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for _ in range(3):
@@ -69,7 +79,8 @@ def overlap_report(engine: Engine, frame: np.ndarray) -> str:
         for _ in engine.stream([frame] * 8):
             pass
         torch.cuda.synchronize()
-    copies, kernels = [], []
+    copies: list[tuple[float, float]] = []
+    kernels: list[tuple[float, float]] = []
     for event in prof.events():
         if event.device_type.name != "CUDA":
             continue
@@ -86,11 +97,70 @@ def overlap_report(engine: Engine, frame: np.ndarray) -> str:
     return f"copies {total / 1000:.2f} ms over 8 frames, {min(overlapped, total) / 1000:.2f} ms of it beside kernels"
 
 
+def bare_pictures_seconds(module: torch.nn.Module, pictures: list[Picture]) -> float:
+    """The model alone on each whole picture already on the GPU in fp16 (gray as RGB, alpha left out)."""
+    net = channels_last(copy.deepcopy(module).half().cuda().eval())
+    inputs = [torch.from_numpy(np.atleast_3d(p.color)[..., :3].copy()).cuda().permute(2, 0, 1)[None].expand(1, 3, -1, -1)
+              .half().div(255).contiguous(memory_format=torch.channels_last) for p in pictures]
+    with torch.inference_mode():
+        for x in inputs:  # every shape met once (cuDNN picks its algorithms per shape)
+            net(x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x in inputs:
+            net(x)
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def timed(run: Callable[[], None]) -> float:
+    run()  # warm-up: every shape met once
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def pictures_report(photos: Path, loaded: LoadedModel) -> list[str]:
+    """Pictures of many sizes: launched ahead across picture boundaries, and through the whole `dir` path."""
+    sources = discover(photos, Path(tempfile.gettempdir()) / "nowhere", recursive=False).sources
+    pictures = [read_picture(s) for s in sources]
+    pixels = sum(p.size[0] * p.size[1] for p in pictures)
+    bare = bare_pictures_seconds(loaded.module, pictures)
+    lines = [f"## {len(pictures)} pictures of {photos} ({pixels / 1e6:.2f} MP), default model, fp16", "",
+             f"bare model: {bare:.3f} s ({len(pictures) / bare:.1f} pictures/s)", "",
+             "| streams | depth | engine s | engine / bare | `dir` path s (PNG files) | `dir` / bare |", "|---|---|---|---|---|---|"]
+    for streams in (1, 2, 4):
+        engine = open_engine(RunSettings(model="default", device="cuda", precision="fp16", backend="torch", streams=streams), loaded)
+
+        def launched() -> None:
+            pending: deque[Callable[[], Picture]] = deque()
+            for picture in pictures:
+                pending.append(engine.launch(picture, "PNG"))
+                while len(pending) > engine.depth:
+                    pending.popleft()()
+            while pending:
+                pending.popleft()()
+
+        def whole_path() -> None:
+            with tempfile.TemporaryDirectory() as out:
+                jobs = [Job(s, Path(out) / f"{s.stem}.png", "PNG") for s in sources]
+                failed = [o.error for o in run_jobs(jobs, engine.launch, depth=engine.depth) if not o.ok]
+                if failed:
+                    raise RuntimeError(f"dir failed: {failed}")
+
+        ours, path = timed(launched), timed(whole_path)
+        lines.append(f"| {streams} | {engine.depth} | {ours:.3f} | {bare / ours:.2f} | {path:.3f} | {bare / path:.2f} |")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path("gpu_report.md"))
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "datasets" / "Set14" / "HR",
+                        help="pictures of many sizes for section 5 (examples/ when this folder is missing)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU here")
@@ -128,6 +198,7 @@ def main() -> None:
             print("\n".join(lines[-3:]), flush=True)
     engine = open_engine(RunSettings(model="default", device="cuda", precision="fp16", backend="torch", streams=2))
     lines += ["", "## Copy/compute overlap (default model, 2 streams)", "", overlap_report(engine, frame), ""]
+    lines += pictures_report(args.photos if args.photos.is_dir() else ROOT / "examples", models["default"])
     pipe_bench = ROOT / "benchmarks" / "video_pipe.py"
     if pipe_bench.is_file():
         pipe = subprocess.run([sys.executable, str(pipe_bench), "--device", "cuda", "--size", "960x540"], cwd=ROOT,
