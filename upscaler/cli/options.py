@@ -60,7 +60,7 @@ _RUN_PARAMETERS = [
     _P("backend", _P.KEYWORD_ONLY, default=Backend.auto, annotation=Annotated[Backend, typer.Option(
         help="auto: TensorRT if installed with a matching or buildable engine, else torch CUDA, else CPU.")]),
     _P("streams", _P.KEYWORD_ONLY, default=2, annotation=Annotated[int, typer.Option(
-        min=1, max=16, help="Frames in flight on separate CUDA streams (uploads, compute and downloads overlap).")]),
+        min=1, max=16, help="Frames (or pictures, in dir) in flight on separate CUDA streams: uploads, compute and downloads overlap.")]),
     _P("cuda_graphs", _P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
         "--cuda-graphs/--no-cuda-graphs", help="Replay the fixed-shape torch forward as a CUDA graph.")]),
     _P("compile_model", _P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
