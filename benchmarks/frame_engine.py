@@ -23,7 +23,7 @@ from pathlib import Path
 
 from upscaler.engine.openmp import wait_passively
 
-wait_passively()  # as `upscale` does, before torch loads
+wait_passively("dir")  # as `upscale dir` does, before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -12,7 +12,7 @@ from upscaler.engine.openmp import wait_passively
 
 
 def main() -> None:
-    wait_passively()
+    wait_passively(sys.argv[1] if len(sys.argv) > 1 else None)
     try:
         from upscaler.cli import main as run_command_line
     except KeyboardInterrupt:
