@@ -175,11 +175,25 @@ def test_icc_is_kept_where_the_format_holds_one(tmp_path: Path, fmt: str) -> Non
     assert read_picture(path).icc == (None if fmt == "BMP" else _srgb_icc())
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: 16-bit RGB TIFF goes through ffmpeg, which drops ICC and EXIF "
-                                       "(io/images.py _write_16bit_tiff)")
-def test_icc_is_kept_in_sixteen_bit_tiff(tmp_path: Path) -> None:
-    encode_picture(Picture(_deep(_photo()), None, "PNG", icc=_srgb_icc()), "TIFF", tmp_path / "deep.tif")
-    assert read_picture(tmp_path / "deep.tif").icc == _srgb_icc()
+@pytest.mark.parametrize("alpha", [False, True])
+def test_icc_and_exif_are_kept_in_sixteen_bit_tiff(tmp_path: Path, alpha: bool) -> None:
+    """ffmpeg writes these pixels and drops metadata; the profile and every EXIF tag are added to its file."""
+    color = _deep(_photo())
+    height, width = color.shape[:2]
+    exif = Image.Exif()
+    exif[0x010F] = "camera"  # Make, in the first IFD
+    details = exif.get_ifd(0x8769)
+    details[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal, in the Exif sub-IFD
+    details[0xA002], details[0xA003] = width // 4, height // 4  # the camera's pixel size, brought up to date
+    shape = np.full((height, width), 40000, np.uint16) if alpha else None
+    encode_picture(Picture(color, shape, "PNG", exif=exif.tobytes(), icc=_srgb_icc()), "TIFF", tmp_path / "deep.tif")
+    back = read_picture(tmp_path / "deep.tif")
+    assert back.icc == _srgb_icc()
+    assert np.array_equal(back.color, color) and (back.alpha is None) == (not alpha)
+    with Image.open(tmp_path / "deep.tif") as img:
+        tags = img.getexif()
+        assert tags.get(0x010F) == "camera" and tags.get(0x0101) == height  # the file's own layout tags stay
+        assert tags.get_ifd(0x8769) == {0x9003: "2024:05:06 07:08:09", 0xA002: width, 0xA003: height}
 
 
 @pytest.mark.parametrize("fmt", list(OUTPUTS))

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from upscaler.io.png import write_png
+from upscaler.io.tiff import add_metadata
 
 # Output format names (as --format spells them) to Pillow's names and file suffixes.
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
@@ -255,7 +256,8 @@ def _flatten_on_white(picture: Picture) -> Picture:
 def _write_16bit_tiff(picture: Picture, path: Path | BinaryIO) -> None:
     """16-bit RGB(A) TIFF, which Pillow cannot write; 16-bit gray with alpha becomes RGBA.
 
-    ffmpeg writes to a pipe, never to a path it would parse as a pattern.
+    ffmpeg writes to a pipe, never to a path it would parse as a pattern; it keeps no ICC or
+    EXIF, so those are added to its file afterwards (io/tiff.py).
     """
     color = picture.color if picture.color.ndim == 3 else np.dstack([picture.color] * 3)
     planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
@@ -267,6 +269,7 @@ def _write_16bit_tiff(picture: Picture, path: Path | BinaryIO) -> None:
         ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-"],
         data.tobytes(),
     )
+    encoded = add_metadata(encoded, picture.icc, _resized_exif(picture.exif, picture.size) if picture.exif else None)
     if isinstance(path, Path):
         path.write_bytes(encoded)
     else:
