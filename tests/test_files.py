@@ -20,12 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from upscaler.io import files
 from upscaler.io.files import (
     NAME_MAX,
     Job,
     clashes,
     discover,
     fit_name,
+    ignores_case,
     is_complete,
     output_format,
     plan_jobs,
@@ -261,6 +263,30 @@ def test_clashes_refuses_an_output_that_is_an_input(tmp_path: Path) -> None:
     ]
     alone = plan_jobs(sources[:1], in_dir, in_dir, "keep")
     assert clashes(alone) == [f"{in_dir / 'a.png'} would replace the input {in_dir / 'a.png'}; choose another -o"]
+
+
+def test_on_a_case_insensitive_filesystem_names_differing_in_case_clash(tmp_path: Path) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    sources = [in_dir / "Photo.png", in_dir / "photo.png", in_dir / "photo.JPG"]
+    jobs = plan_jobs(sources, in_dir, out, "keep")
+    assert clashes(jobs) == []
+    assert clashes(jobs, fold_case=True) == [_shared(sources[:2], out / "Photo.png")]
+    into_input = [Job(in_dir / "Photo.png", out / "Photo.png", "PNG", out), Job(in_dir / "photo.jpg", in_dir / "photo.png", "PNG")]
+    assert clashes(into_input) == []
+    assert clashes(into_input, fold_case=True) == [
+        f"{in_dir / 'photo.png'} would replace the input {in_dir / 'Photo.png'}; choose another -o"]
+
+
+def test_ignores_case_probes_the_real_filesystem_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "out").mkdir()
+    assert ignores_case(tmp_path / "out") is False  # Linux filesystems tell case apart
+    assert ignores_case(tmp_path / "not" / "yet" / "made") is False  # probed in the nearest folder that exists
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not list((tmp_path / "out").iterdir())
+    monkeypatch.setattr(files, "_temp_name", lambda: ".upscale-probe.tmp")
+    (tmp_path / "out" / ".UPSCALE-PROBE.TMP").symlink_to("elsewhere")  # as a case-insensitive folder would answer
+    assert ignores_case(tmp_path / "out") is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".UPSCALE-PROBE.TMP"]
+    assert ignores_case(Path("/proc/1")) is False  # nothing can be made there: taken as case-sensitive
 
 
 def test_clashes_sees_through_links(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from upscaler.io.files import (
     Job,
     clashes,
     discover,
+    ignores_case,
     is_complete,
     plan_jobs,
     prepare_folder,
@@ -153,7 +154,7 @@ def upscale_dir(
     for path, reason in found.passed_over:
         warn(f"{path}: {reason}")
     jobs = plan_jobs(found.sources, in_dir, out, format.value)
-    problems = clashes(jobs)
+    problems = clashes(jobs, fold_case=ignores_case(out))
     if problems:
         for problem in problems[:-1]:
             error(problem)

@@ -113,21 +113,50 @@ def plan_jobs(sources: list[Path], in_dir: Path, out_dir: Path, requested: str) 
     return [Job(s, target_path(s, in_dir, out_dir, fmt), fmt, out_dir) for s in sources for fmt in [output_format(s, requested)]]
 
 
-def clashes(jobs: list[Job]) -> list[str]:
-    """One line per output name that two inputs share or that is itself an input; empty when the plan is safe."""
+def clashes(jobs: list[Job], fold_case: bool = False) -> list[str]:
+    """One line per output name that two inputs share or that is itself an input; empty when the plan is safe.
+
+    With `fold_case` (OUT is on a case-insensitive filesystem, see `ignores_case`) names that
+    differ only in case are one name: `a.png` would overwrite `A.png`.
+    """
+
+    def key(path: Path) -> str:
+        real = os.path.realpath(path)
+        return real.casefold() if fold_case else real
+
     by_target: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        by_target[os.path.realpath(job.target)].append(job)
-    sources = {os.path.realpath(job.source): job.source for job in jobs}
+        by_target[key(job.target)].append(job)
+    sources = {key(job.source): job.source for job in jobs}
     problems = []
-    for shared in by_target.values():
+    for name, shared in by_target.items():
         target = shared[0].target
         if len(shared) > 1:
             names = " and ".join(str(job.source) for job in shared)
             problems.append(f"{names} would all be written to {target}; rename one or choose another --format")
-        if os.path.realpath(target) in sources:
-            problems.append(f"{target} would replace the input {sources[os.path.realpath(target)]}; choose another -o")
+        if name in sources:
+            problems.append(f"{target} would replace the input {sources[name]}; choose another -o")
     return problems
+
+
+def ignores_case(folder: Path) -> bool:
+    """Whether names that differ only in case name one file in `folder` (or, before it exists, in its nearest
+    existing parent): macOS and Windows by default, and FAT/exFAT drives anywhere.
+
+    Probed with an empty temporary file of ours, removed at once; False where none can be made.
+    """
+    existing = folder.absolute()
+    while not existing.is_dir() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / _temp_name()
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:
+        return False
+    try:
+        return os.path.lexists(existing / probe.name.upper())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def same_file(a: Path, b: Path) -> bool:
