@@ -14,6 +14,7 @@ from upscaler.engine.pipeline import run_jobs
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
 from upscaler.io.images import Picture, read_picture
+from upscaler.models.weights import LoadedModel, load_model
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.quality.metrics import psnr
 
@@ -75,3 +76,30 @@ def test_dir_keeps_pictures_in_flight_across_picture_boundaries(tmp_path: Path) 
         reference = cpu.upscale(read_picture(job.source), job.format)
         expected = reference.color if reference.alpha is None else np.dstack([reference.color, reference.alpha])
         assert psnr(written, expected) >= (30 if job.format == "JPEG" else 40), job.source.name
+
+
+class _OverflowsInFp16(torch.nn.Module):
+    """The built-in model with an intermediate above fp16's range wherever its output passes 0.65: fine in fp32."""
+
+    def __init__(self, good: torch.nn.Module) -> None:
+        super().__init__()
+        self.good = good
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.good(x) * 1e5) / 1e5
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_frames_and_pictures_fp16_got_wrong_are_redone_in_fp32(graphs: bool) -> None:
+    """The deferred check's verdict comes back with the frame; such frames are redone tile by tile in fp32
+    (on an engine stream: a CUDA graph cannot be captured on the default one)."""
+    default = load_model("default")
+    overflowing = LoadedModel(default.card, _OverflowsInFp16(default.module).eval(), "overflows-in-fp16")
+    gpu = open_engine(RunSettings(model="default", device="cuda", precision="fp16", backend="torch", streams=2,
+                                  cuda_graphs=graphs), overflowing)
+    cpu = open_engine(CPU_FP32, default)
+    bright = np.clip(photo_array("chelsea.png").astype(int) + 120, 0, 255).astype(np.uint8)
+    reference = cpu.upscale(Picture(bright, None, "PNG")).color
+    assert psnr(gpu.upscale(Picture(bright, None, "PNG")).color, reference) >= 40
+    for out in gpu.stream([bright, bright, bright]):
+        assert psnr(out, reference) >= 40

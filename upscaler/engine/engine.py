@@ -123,8 +123,9 @@ class Engine:
             done.synchronize()
             if not bool(suspect):
                 return split_planes(host.numpy(), gray, has_alpha)
-            redo = upscaler.checked().planes(Frame(self._upload(color), None if alpha is None else self._upload(alpha)), rgbx)
-            return split_planes(redo.cpu().numpy(), gray, has_alpha)
+            with torch.cuda.stream(stream):  # a CUDA graph cannot be captured on the default stream
+                redo = upscaler.checked().planes(Frame(self._upload(color), None if alpha is None else self._upload(alpha)), rgbx)
+                return split_planes(redo.cpu().numpy(), gray, has_alpha)
 
         return collect
 
