@@ -1,9 +1,10 @@
-"""Metadata added to a TIFF another encoder wrote: nothing of the file moves, every tag reads back."""
+"""The streaming 16-bit TIFF writer: pixels, profile and EXIF read back exactly; memory one strip; 4 GiB refused."""
 
 from __future__ import annotations
 
+import errno
 import io
-import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,48 +12,71 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from upscaler.io.tiff import add_metadata
-
-from .conftest import photo_array
-
-
-def _tiff(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="TIFF")  # little-endian, as ffmpeg's
-    return out.getvalue()
+from upscaler.io import tiff
+from upscaler.io.images import read_picture, read_picture_bytes
+from upscaler.io.tiff import write_tiff16
 
 
 @settings(max_examples=40, deadline=None)
-@given(icc=st.binary(min_size=0, max_size=300), make=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
-       width=st.integers(1, 9), height=st.integers(1, 9), odd_tail=st.booleans())
-def test_added_tags_read_back_and_the_pixels_are_untouched(icc: bytes, make: str, width: int, height: int,
-                                                           odd_tail: bool) -> None:
-    pixels = np.arange(height * width * 3, dtype=np.uint8).reshape(height, width, 3)
-    original = _tiff(pixels) + (b"\x00" if odd_tail else b"")  # an odd length: what comes next must be realigned
+@given(width=st.integers(1, 40), height=st.integers(1, 40), gray=st.booleans(), with_alpha=st.booleans(),
+       icc=st.binary(max_size=300), make=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+       strip_bytes=st.sampled_from([1, 100, 1 << 20]), seed=st.integers(0, 2**32 - 1))
+def test_pixels_and_metadata_read_back_exactly(width: int, height: int, gray: bool, with_alpha: bool, icc: bytes,
+                                               make: str, strip_bytes: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    color = rng.integers(0, 65536, (height, width) if gray else (height, width, 3), dtype=np.uint16)
+    alpha = rng.integers(0, 65536, (height, width), dtype=np.uint16) if with_alpha or gray else None
     exif = Image.Exif()
     exif[0x010F] = make
     exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
-    tagged = add_metadata(original, icc or None, exif.tobytes())
-    assert tagged[: len(original)][8:] == original[8:]  # only the header's IFD offset changes; the rest is appended
-    (first,) = struct.unpack_from("<I", tagged, 4)
-    assert first % 2 == 0
-    with Image.open(io.BytesIO(tagged)) as img:
-        assert np.array_equal(np.asarray(img), pixels)
-        assert img.info.get("icc_profile") == (icc or None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiff, "_STRIP_BYTES", strip_bytes)  # one row per strip, a few rows, one strip
+        out = io.BytesIO()
+        write_tiff16(out, color, alpha, icc or None, exif.tobytes())
+    back = read_picture_bytes(out.getvalue())
+    expected = np.dstack([color] * 3) if gray else color
+    assert np.array_equal(back.color, expected)
+    assert (back.alpha is None) if alpha is None else (back.alpha is not None and np.array_equal(back.alpha, alpha))
+    assert back.icc == (icc or None)
+    with Image.open(io.BytesIO(out.getvalue())) as img:
         tags = img.getexif()
         assert tags.get(0x010F) == make and tags.get_ifd(0x8769) == {0x9003: "2024:05:06 07:08:09"}
+        assert img.size == (width, height)
 
 
-def test_the_files_own_tags_win_and_nothing_to_add_changes_nothing() -> None:
-    original = _tiff(photo_array("chelsea.png"))
-    assert add_metadata(original, None, None) is original
+def test_the_files_own_layout_wins_over_the_exif(tmp_path: Path) -> None:
     exif = Image.Exif()
-    exif[0x0100] = 1  # ImageWidth: a layout tag the EXIF must not override
-    with Image.open(io.BytesIO(add_metadata(original, None, exif.tobytes()))) as img:
-        assert img.size == (112, 75) and np.array_equal(np.asarray(img), photo_array("chelsea.png"))
+    exif[0x0100], exif[0x0101] = 1, 1  # ImageWidth and ImageLength left over from some other file
+    color = np.full((5, 7, 3), 4242, np.uint16)
+    write_tiff16(tmp_path / "t.tif", color, exif=exif.tobytes())
+    assert np.array_equal(read_picture(tmp_path / "t.tif").color, color)
 
 
-def test_only_little_endian_files_are_taken() -> None:
-    big_endian = b"MM\x00*" + _tiff(photo_array("chelsea.png"))[4:]
-    with pytest.raises(ValueError, match="^not a little-endian TIFF$"):
-        add_metadata(big_endian, b"profile", None)
+class _Recording(io.RawIOBase):
+    """A pipe-like stream: it cannot seek, and it remembers the largest single write."""
+
+    def __init__(self) -> None:
+        self.largest, self.total = 0, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+        size = memoryview(data).nbytes
+        self.largest, self.total = max(self.largest, size), self.total + size
+        return size
+
+
+def test_memory_is_one_strip_and_a_pipe_will_do() -> None:
+    color = np.broadcast_to(np.uint16(1000), (3000, 2000, 3))  # 36 MB of pixels, none of them in memory
+    sink = _Recording()
+    write_tiff16(sink, color, np.broadcast_to(np.uint16(65535), (3000, 2000)))  # type: ignore[arg-type]
+    assert sink.total > 3000 * 2000 * 4 * 2 and sink.largest <= tiff._STRIP_BYTES
+
+
+def test_over_four_gib_is_refused_before_anything_is_written() -> None:
+    sink = _Recording()
+    with pytest.raises(OSError) as refused:
+        write_tiff16(sink, np.broadcast_to(np.uint16(0), (30000, 30000, 3)))  # type: ignore[arg-type]
+    assert refused.value.errno == errno.EFBIG and refused.value.strerror == "over classic TIFF's 4 GiB; write PNG instead"
+    assert sink.total == 0

@@ -4,7 +4,8 @@ Pixels stay the integers they were decoded as (uint8 or uint16): colour HxWx3 (o
 grayscale) and an optional HxW alpha of the same type. Conversion to floats, scaling, clamping
 and quantising happen in the engine, on the device that runs the model.
 Pillow decodes everything it decodes exactly; 16-bit RGB(A) PNG/TIFF, which Pillow reduces
-to 8 bits, goes through the ffmpeg binary that imageio-ffmpeg ships.
+to 8 bits, is decoded by the ffmpeg binary that imageio-ffmpeg ships. PNG and 16-bit RGB(A)
+TIFF are written by streaming writers of our own (io/png.py, io/tiff.py); the rest by Pillow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from upscaler.io.png import write_png
-from upscaler.io.tiff import add_metadata
+from upscaler.io.tiff import write_tiff16
 
 # Output format names (as --format spells them) to Pillow's names and file suffixes.
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
@@ -192,8 +193,9 @@ def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
         exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
         write_png(path, picture.color, picture.alpha, picture.icc, exif)
         return
-    if picture.bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):
-        _write_16bit_tiff(picture, path)
+    if picture.bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):  # Pillow has no 48/64-bit RGB
+        exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
+        write_tiff16(path, picture.color, picture.alpha, picture.icc, exif)
         return
     img = _to_pillow(picture)
     options: dict[str, object] = {}
@@ -239,7 +241,7 @@ def _to_pillow(picture: Picture) -> Image.Image:
         # The RGB view of an RGBX buffer (the engine's output): Pillow encodes it in place, no copy.
         padded = np.lib.stride_tricks.as_strided(color, (*color.shape[:2], 4), (color.shape[1] * 4, 4, 1))
         return Image.frombuffer("RGBX", (color.shape[1], color.shape[0]), padded, "raw", "RGBX", 0, 1)
-    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB TIFF goes through ffmpeg
+    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB TIFF has its own writer
         return Image.fromarray(color)
     stacked = np.dstack([picture.color, picture.alpha])
     return Image.fromarray(stacked, mode="RGBA" if picture.color.ndim == 3 else "LA")
@@ -251,29 +253,6 @@ def _flatten_on_white(picture: Picture) -> Picture:
     a = (picture.alpha if picture.color.ndim == 2 else picture.alpha[..., None]).astype(np.uint32)
     color = (picture.color.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
     return replace(picture, color=color.astype(np.uint8), alpha=None)
-
-
-def _write_16bit_tiff(picture: Picture, path: Path | BinaryIO) -> None:
-    """16-bit RGB(A) TIFF, which Pillow cannot write; 16-bit gray with alpha becomes RGBA.
-
-    ffmpeg writes to a pipe, never to a path it would parse as a pattern; it keeps no ICC or
-    EXIF, so those are added to its file afterwards (io/tiff.py).
-    """
-    color = picture.color if picture.color.ndim == 3 else np.dstack([picture.color] * 3)
-    planes = [color] if picture.alpha is None else [color, picture.alpha[..., None]]
-    data = np.dstack(planes).astype(">u2")
-    height, width, channels = data.shape
-    pix_fmt, out_fmt = ("rgba64be", "rgba64le") if channels == 4 else ("rgb48be", "rgb48le")
-    codec = ["-f", "image2pipe", "-c:v", "tiff", "-pix_fmt", out_fmt]
-    encoded = _ffmpeg(
-        ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-i", "-", "-frames:v", "1", *codec, "-"],
-        data.tobytes(),
-    )
-    encoded = add_metadata(encoded, picture.icc, _resized_exif(picture.exif, picture.size) if picture.exif else None)
-    if isinstance(path, Path):
-        path.write_bytes(encoded)
-    else:
-        path.write(encoded)
 
 
 def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
