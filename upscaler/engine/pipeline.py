@@ -2,9 +2,9 @@
 
 Readers decode ahead on worker threads while the model runs in the calling thread; on CUDA the
 next pictures are launched before the previous one is collected, so the device stays busy
-across picture boundaries; writers encode on worker threads behind it, all of them at a lower priority than the model's threads
-(`yield_to_the_model`). Pillow, ffmpeg and torch all release the GIL while they
-work, so the threads really do overlap.
+across picture boundaries; writers encode on worker threads behind it. Readers and writers run
+at a lower priority than the model's threads (`yield_to_the_model`). Pillow, ffmpeg, ISA-L and
+torch all release the GIL while they work, so the threads really do overlap.
 """
 
 from __future__ import annotations
