@@ -285,7 +285,11 @@ def test_ignores_case_probes_the_real_filesystem_and_leaves_nothing(tmp_path: Pa
     monkeypatch.setattr(files, "_temp_name", lambda: ".upscale-probe.tmp")
     (tmp_path / "out" / ".UPSCALE-PROBE.TMP").symlink_to("elsewhere")  # as a case-insensitive folder would answer
     assert ignores_case(tmp_path / "out") is True
+    assert ignores_case(tmp_path / "out" / "not" / "yet") is True  # asked of the nearest folder that exists
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".UPSCALE-PROBE.TMP"]
+    (tmp_path / "out" / ".upscale-probe.tmp").write_bytes(b"someone else's")  # never opened, never removed
+    assert ignores_case(tmp_path / "out") is False
+    assert (tmp_path / "out" / ".upscale-probe.tmp").read_bytes() == b"someone else's"
     assert ignores_case(Path("/proc/1")) is False  # nothing can be made there: taken as case-sensitive
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,59 @@ def test_over_four_gib_is_refused_before_anything_is_written() -> None:
         write_tiff16(sink, np.broadcast_to(np.uint16(0), (30000, 30000, 3)))  # type: ignore[arg-type]
     assert refused.value.errno == errno.EFBIG and refused.value.strerror == "over classic TIFF's 4 GiB; write PNG instead"
     assert sink.total == 0
+
+
+def _directory(head: bytes) -> dict[int, tuple[int, int, int]]:
+    """The first directory's entries: tag -> (type, count, value or offset)."""
+    (at,) = struct.unpack_from("<I", head, 4)
+    (count,) = struct.unpack_from("<H", head, at)
+    return {tag: (kind, n, value) for tag, kind, n, value in
+            (struct.unpack_from("<HHII", head, at + 2 + 12 * i) for i in range(count))}
+
+
+@pytest.mark.parametrize("icc_size", [1, 4, 5, 6, 301])
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_every_offset_is_on_a_word_and_small_profiles_are_inline(icc_size: int, with_alpha: bool) -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "odd"  # a 4-byte string: the EXIF block's own layout has odd lengths to pad
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
+    color = np.full((3, 5, 3), 7, np.uint16)
+    out = io.BytesIO()
+    icc = bytes(i % 251 for i in range(icc_size))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiff, "_STRIP_BYTES", 1)  # a strip per row: StripOffsets is an array
+        write_tiff16(out, color, np.zeros((3, 5), np.uint16) if with_alpha else None, icc, exif.tobytes())
+    data = out.getvalue()
+    entries = _directory(data)
+    assert struct.unpack_from("<I", data, 4)[0] % 2 == 0
+    kind, count, value = entries[0x8773]  # ICC profile
+    assert (kind, count) == (7, icc_size)
+    if icc_size <= 4:
+        assert struct.pack("<I", value)[:icc_size] == icc
+    else:
+        assert value % 2 == 0 and data[value : value + icc_size] == icc
+    offsets = entries[273]
+    assert offsets[1] == 3 and offsets[2] % 2 == 0
+    assert all(o % 2 == 0 for o in struct.unpack_from("<3I", data, offsets[2]))
+    assert entries[0x8769][2] % 2 == 0  # the Exif sub-IFD
+    assert np.array_equal(read_picture_bytes(data).color, color)
+
+
+def test_offsets_past_two_gib_are_written_unsigned() -> None:
+    """A 3.5 GB picture (never in memory: one value broadcast) into a sink that keeps only the head of the file."""
+
+    class Head(_Recording):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = b""
+
+        def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+            if not self.head:
+                self.head = bytes(data)
+            return super().write(data)
+
+    sink = Head()
+    write_tiff16(sink, np.broadcast_to(np.uint16(1), (24000, 24000, 3)))  # type: ignore[arg-type]
+    kind, count, at = _directory(sink.head)[273]
+    last = struct.unpack_from(f"<{count}I", sink.head, at)[-1]
+    assert last > 1 << 31 and last + (24000 - (count - 1) * _directory(sink.head)[278][2]) * 24000 * 6 == sink.total

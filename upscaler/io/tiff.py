@@ -65,7 +65,7 @@ def write_tiff16(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | N
         entries.pop(tag, None)
     directory_at = len(head)
     arrays_at = directory_at + 2 + 12 * (len(entries) + len(own)) + 4
-    pixels_at = arrays_at + sum(_padded(_values(kind, values)) for kind, values in own.values() if len(_values(kind, values)) > 4)
+    pixels_at = arrays_at + sum(len(_values(kind, values)) for kind, values in own.values() if len(_values(kind, values)) > 4)
     if pixels_at + height * row_bytes > _LARGEST:
         raise OSError(errno.EFBIG, "over classic TIFF's 4 GiB; write PNG instead")
     own[_STRIP_OFFSETS] = (_LONG, [pixels_at + top * row_bytes for top, _ in strips])
@@ -74,7 +74,7 @@ def write_tiff16(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | N
         data = _values(kind, values)
         entries[tag] = _entry(tag, kind, len(values), data if len(data) <= 4 else arrays_at + len(arrays))
         if len(data) > 4:
-            arrays += data.ljust(_padded(data), b"\x00")
+            arrays += data  # shorts and longs: always an even length, so every offset stays on a word
     struct.pack_into("<I", head, 4, directory_at)
     directory = struct.pack("<H", len(entries)) + b"".join(entries[tag] for tag in sorted(entries)) + struct.pack("<I", 0)
     with open(path, "wb") if isinstance(path, Path) else nullcontext(path) as out:
@@ -108,11 +108,7 @@ def _entries(data: bytearray, directory: int) -> dict[int, bytes]:
     return {struct.unpack_from("<H", entry)[0]: entry for entry in raw}
 
 
-def _padded(data: bytes) -> int:
-    """TIFF offsets point at word boundaries."""
-    return len(data) + len(data) % 2
-
-
 def _align(data: bytearray) -> None:
+    """TIFF offsets point at word boundaries."""
     if len(data) % 2:
         data += b"\x00"
