@@ -504,3 +504,28 @@ def test_an_interruption_drops_launched_pictures_and_finishes_started_writes(tmp
     assert [o.job.source.stem for o in finished] == ["000", "001"] and all(o.ok for o in finished)
     assert events[-1] == "collect 1" and not runner.launched
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "001.png"]  # no temporaries either
+
+
+@pytest.mark.parametrize("failing", [None, 1])
+def test_launched_pictures_hold_their_bytes_and_a_failed_one_holds_none(tmp_path: Path, failing: int | None) -> None:
+    """With room for three pictures and one launched ahead of the one collected: reads ahead, launched pictures and
+    queued writes together never pass three; a picture that failed at launch holds nothing while it waits its turn."""
+    jobs = _jobs(tmp_path, 8)
+    size = pipeline.read_picture(jobs[0].source).color.nbytes
+    held: list[int] = []
+
+    def launch(picture: Picture, _format: str) -> Callable[[], Picture]:
+        nbytes = [f.result().color.nbytes for _, f in runner.reads] + [s for _, _, s in runner.launched] + [
+            s for _, _, s in runner.writes]
+        held.append(sum(nbytes) + picture.color.nbytes)
+        if len(held) - 1 == failing:
+            raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
+        return lambda: picture
+
+    runner = pipeline.JobRunner(jobs, launch, lookahead=8, max_bytes=3 * size, depth=1)
+    runner.readers.shutdown()
+    runner.writers.shutdown()
+    runner.readers, runner.writers = Immediate(), Deferred()  # type: ignore[assignment]
+    assert [o.ok for o in runner] == [i != failing for i in range(8)]
+    # at each launch, in pictures: full to the bound; the failed picture, waiting in line, takes no room
+    assert held == [3 * size] * 7 + [(3 if failing else 2) * size]

@@ -98,8 +98,8 @@ class JobRunner:
                     self._launch_next()
                 elif self.launched:
                     self._collect_next()  # no pictures left to launch
-                while self.writes and (self.writes[0][1].done() or not (self.reads or self.launched)
-                                       or len(self.writes) > self.lookahead or self._held_bytes() > self.max_bytes):
+                while self.writes and (self.writes[0][1].done() or not self.reads or len(self.writes) > self.lookahead
+                                       or self._held_bytes() > self.max_bytes):
                     yield self._settle(*self.writes.popleft())
         finally:
             for _, future in self.reads:
