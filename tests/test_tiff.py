@@ -114,7 +114,10 @@ def test_every_offset_is_on_a_word_and_small_profiles_are_inline(icc_size: int, 
         assert value % 2 == 0 and data[value : value + icc_size] == icc
     offsets = entries[273]
     assert offsets[1] == 3 and offsets[2] % 2 == 0
-    assert all(o % 2 == 0 for o in struct.unpack_from("<3I", data, offsets[2]))
+    starts = struct.unpack_from("<3I", data, offsets[2])
+    sizes = struct.unpack_from("<3I", data, entries[279][2])
+    assert all(o % 2 == 0 for o in starts) and sizes == (5 * (3 + with_alpha) * 2,) * 3
+    assert starts[-1] + sizes[-1] == len(data)  # the strips end the file, nothing claimed past it
     assert entries[0x8769][2] % 2 == 0  # the Exif sub-IFD
     assert np.array_equal(read_picture_bytes(data).color, color)
 
