@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.engine.frames import Frame, FrameError, FrameUpscaler, ModelRunner, max_value
+from upscaler.engine.frames import Frame, FrameError, FrameUpscaler, ModelRunner, max_value, split_planes
 from upscaler.engine.tiling import TileGrid, even_grid, fixed_grid
 
 from .conftest import photo_array
@@ -318,3 +318,28 @@ def test_one_infinite_pixel_is_enough_to_redo_a_tile(spoil: float) -> None:
 
     fixed = ModelRunner(run, torch.float32, lambda: nearest(2))(tiles)
     assert torch.equal(fixed, nearest(2)(tiles))
+
+
+@pytest.mark.parametrize(("planes", "gray", "has_alpha", "color", "alpha"), [
+    (1, True, False, [0], None), (2, True, True, [0], 1), (3, False, False, [0, 1, 2], None),
+    (4, False, False, [0, 1, 2], None), (4, False, True, [0, 1, 2], 3),  # RGBX padding, then RGBA
+])
+def test_split_planes_names_colour_and_alpha_on_the_device_and_the_host(planes: int, gray: bool, has_alpha: bool,
+                                                                        color: list[int], alpha: int | None) -> None:
+    stacked = np.stack([np.full((2, 3), k, np.uint8) for k in range(planes)], axis=2)
+    for values in (stacked, torch.from_numpy(stacked)):
+        got_color, got_alpha = split_planes(values, gray, has_alpha)
+        assert np.array_equal(np.asarray(got_color), stacked[..., color[0]] if gray else stacked[..., color])
+        assert got_alpha is None if alpha is None else np.array_equal(np.asarray(got_alpha), stacked[..., alpha])
+
+
+def test_checked_keeps_the_upscaler_and_checks_every_batch() -> None:
+    def grid(height: int, width: int) -> TileGrid:
+        return even_grid(height, width, 16 * 16, 4)
+
+    deferred = FrameUpscaler(ModelRunner(nearest(2), torch.bfloat16, None, deferred=True), 2, 3, 3, True, grid)
+    checked = deferred.checked()
+    assert not checked.runner.deferred and checked.runner.run is deferred.runner.run
+    assert (checked.scale, checked.out_scale, checked.batch, checked.static_batch, checked.plan_grid) == (
+        deferred.scale, deferred.out_scale, deferred.batch, deferred.static_batch, deferred.plan_grid)
+    assert deferred.runner.deferred  # the original is left as it was
