@@ -9,6 +9,7 @@ frame at a time.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -69,7 +70,7 @@ class Engine:
         On CUDA nothing here waits for the device, so pictures stay in flight across picture
         boundaries: the caller decodes, launches the next and encodes the previous meanwhile.
         """
-        collect = self._launch(self._upscaler(self.plan.tiles), picture.color, picture.alpha, pillow_encodes(out_format))
+        collect = self._launch(self._pictures, picture.color, picture.alpha, pillow_encodes(out_format))
 
         def result() -> Picture:
             color, alpha = collect()
@@ -88,6 +89,10 @@ class Engine:
         while pending:
             yield pending.popleft()()[0]
 
+    @functools.cached_property
+    def _pictures(self) -> FrameUpscaler:
+        return self._upscaler(self.plan.tiles)
+
     def _upscaler(self, tiles: TilePlan) -> FrameUpscaler:
         """The upscaler for a tile plan; on CUDA its check's verdict waits on the device (see ModelRunner)."""
         runner = self.frames.runner
@@ -100,15 +105,14 @@ class Engine:
         """Queue one frame (upload, tiles, check, download) on the next CUDA stream, or run it on the CPU."""
         gray, has_alpha = color.ndim == 2, alpha is not None
         if self.plan.device.type != "cuda":
-            planes = upscaler.planes(Frame(_host_tensor(color), None if alpha is None else _host_tensor(alpha)), rgbx)
+            planes = upscaler.planes(self._frame(color, alpha), rgbx)
             return lambda: split_planes(planes.numpy(), gray, has_alpha)
         if not self._streams:
             self._streams = [torch.cuda.Stream(self.plan.device) for _ in range(self.plan.streams)]
         stream = self._streams[self._launched % len(self._streams)]
         self._launched += 1
         with torch.cuda.stream(stream):
-            frame = Frame(self._upload(color), None if alpha is None else self._upload(alpha))
-            planes = upscaler.planes(frame, rgbx)
+            planes = upscaler.planes(self._frame(color, alpha), rgbx)
             host = torch.empty(planes.shape, dtype=planes.dtype, pin_memory=True)
             host.copy_(planes, non_blocking=True)
             verdict = upscaler.runner.take_verdict()
@@ -124,18 +128,21 @@ class Engine:
             if not bool(suspect):
                 return split_planes(host.numpy(), gray, has_alpha)
             with torch.cuda.stream(stream):  # a CUDA graph cannot be captured on the default stream
-                redo = upscaler.checked().planes(Frame(self._upload(color), None if alpha is None else self._upload(alpha)), rgbx)
+                redo = upscaler.checked().planes(self._frame(color, alpha), rgbx)
                 return split_planes(redo.cpu().numpy(), gray, has_alpha)
 
         return collect
 
-    def _upload(self, pixels: np.ndarray) -> torch.Tensor:
-        """Host integers -> the device, through pinned memory, queued on the current stream."""
-        return _host_tensor(pixels).pin_memory().to(self.plan.device, non_blocking=True)
+    def _frame(self, color: np.ndarray, alpha: np.ndarray | None) -> Frame:
+        """Host integers as a frame on the device: on CUDA through pinned memory, queued on the current stream."""
 
+        def place(pixels: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+            if self.plan.device.type != "cuda":
+                return tensor
+            return tensor.pin_memory().to(self.plan.device, non_blocking=True)
 
-def _host_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(pixels))
+        return Frame(place(color), None if alpha is None else place(alpha))
 
 
 def open_engine(settings: RunSettings, model: LoadedModel | None = None) -> Engine:

@@ -65,7 +65,7 @@ def write_tiff16(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | N
         entries.pop(tag, None)
     directory_at = len(head)
     arrays_at = directory_at + 2 + 12 * (len(entries) + len(own)) + 4
-    pixels_at = arrays_at + sum(len(_values(kind, values)) for kind, values in own.values() if len(_values(kind, values)) > 4)
+    pixels_at = arrays_at + sum(size for kind, values in own.values() if (size := len(_values(kind, values))) > 4)
     if pixels_at + height * row_bytes > _LARGEST:
         raise OSError(errno.EFBIG, "over classic TIFF's 4 GiB; write PNG instead")
     own[_STRIP_OFFSETS] = (_LONG, [pixels_at + top * row_bytes for top, _ in strips])
