@@ -32,6 +32,8 @@ from upscaler.io.colour import (
 )
 from upscaler.io.video import HdrMetadata
 
+from .conftest import EXAMPLES
+
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 VFR_PTS = "if(lt(N,6),N/12,0.5+(N-6)/24)"  # 12 fps for six frames, then 24 fps
 
@@ -115,9 +117,9 @@ def test_ten_bit_stays_ten_bit_with_its_hdr_mastering_data(tmp_path: Path, tiny_
         context = stream.codec_context
         assert (context.color_primaries, context.color_trc, context.colorspace) == (9, 16, 9)
         frame = next(dst.decode(stream))
-    from upscaler.io.video import _hdr_from_frame
+    from upscaler.io.video import _hdr_from_frame, _side_data
 
-    assert _hdr_from_frame(frame) == HdrMetadata((34000, 16000, 13250, 34500, 7500, 3000, 15635, 16450),
+    assert _hdr_from_frame(_side_data(frame)) == HdrMetadata((34000, 16000, 13250, 34500, 7500, 3000, 15635, 16450),
                                                  (10000000, 1), 1000, 400)
     assert len(decoded(out)[0]) == 6
 
@@ -290,3 +292,22 @@ def test_conversion_on_the_gpu_matches_the_cpu() -> None:
         assert np.abs(a.astype(int) - b).max() <= 1
     frame = cpu.from_rgb(rgb)
     assert np.abs(cpu.to_rgb(frame).astype(int) - gpu.to_rgb(frame)).max() <= 257
+
+
+def test_a_still_image_given_to_video_is_one_error_line(tmp_path: Path, tiny_model: Path) -> None:
+    """In a process of its own, as every crash below would take the test run with it: PyAV used to crash on it."""
+    result = upscale("video", EXAMPLES / "chelsea.png", "-o", tmp_path / "out.mkv", "--device", "cpu", "-m", tiny_model)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("error:") == 1 and "a still image, not a video; `upscale image` upscales it" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.mkv").exists()
+
+
+def test_png_frames_with_an_icc_profile_in_a_video_upscale(tmp_path: Path, tiny_model: Path) -> None:
+    """PNG's decoder hands its ICC profile over as frame side data, which PyAV 18 crashes freeing once it was read."""
+    clip = tmp_path / "png.mkv"
+    ffmpeg("-loop", "1", "-i", EXAMPLES / "chelsea.png", "-frames:v", "3", "-c:v", "png", clip)
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].codec_context.name == "png"
+    result = upscale("video", clip, "-o", tmp_path / "out.mkv", "--device", "cpu", "-m", tiny_model)
+    assert result.returncode == 0, result.stderr
+    assert len(decoded(tmp_path / "out.mkv")[0]) == 3

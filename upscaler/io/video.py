@@ -115,10 +115,10 @@ def _q(num: int, den: int, unit: int) -> int:
     return round(num * unit / den) if den else 0
 
 
-def _hdr_from_frame(frame: av.VideoFrame) -> HdrMetadata | None:
+def _hdr_from_frame(side_data: list[SideData]) -> HdrMetadata | None:
     primaries = luminance = None
     cll: tuple[int, int] | None = None
-    for data in _side_data(frame):
+    for data in side_data:
         raw = _side_data_bytes(data)
         if data.type == SideDataType.MASTERING_DISPLAY_METADATA and len(raw) >= 88:
             v = struct.unpack_from("<22i", raw)
@@ -134,6 +134,12 @@ def _hdr_from_frame(frame: av.VideoFrame) -> HdrMetadata | None:
     return HdrMetadata(primaries, luminance, *(cll or (None, None)))
 
 
+# Image codecs in a video container. Their frames can carry an ICC profile as side data, and PyAV 18
+# crashes (SIGSEGV) freeing a frame whose side data it wrapped while one is there; they carry no HDR
+# metadata, so their side data is not read (a rotation tag on such a stream is not kept).
+_IMAGE_CODECS = frozenset({"png", "apng", "mjpeg", "jpegls", "jpeg2000", "tiff", "webp", "bmp", "gif", "qoi"})
+
+
 def _side_data(frame: av.VideoFrame) -> list[SideData]:
     return list(cast(Iterable[SideData], frame.side_data))  # the stubs type the container as one item
 
@@ -142,8 +148,8 @@ def _side_data_bytes(data: SideData) -> bytes:
     return bytes(memoryview(data))  # type: ignore[arg-type]  # the stubs miss SideData's buffer protocol
 
 
-def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
-    for data in _side_data(frame):
+def _display_matrix(side_data: list[SideData]) -> tuple[int, ...] | None:
+    for data in side_data:
         if data.type == SideDataType.DISPLAYMATRIX:
             return struct.unpack_from("<9i", _side_data_bytes(data))
     return None
@@ -172,6 +178,8 @@ def _picture_stream(container: av.container.InputContainer, path: Path) -> Video
 def probe(path: Path) -> SourceVideo:
     """What the video stream is, read from its header and its first frame (side data lives there)."""
     with _open_input(path) as container:
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe...
+            raise VideoError(f"{path}: a still image, not a video; `upscale image` upscales it")
         stream = _picture_stream(container, path)
         ctx = stream.codec_context
         try:
@@ -188,8 +196,9 @@ def probe(path: Path) -> SourceVideo:
         tags = ColourTags(first.color_range or ctx.color_range, first.colorspace or ctx.colorspace,
                           ctx.color_primaries, ctx.color_trc)
         keep = {k: v for k, v in stream.metadata.items() if k.lower() in {"language", "title", "handler_name"}}
+        side_data = [] if ctx.name in _IMAGE_CODECS else _side_data(first)
         return SourceVideo(path, stream.index, first.width, first.height, first.format.name, time_base, rate,
-                           estimate, tags, _display_matrix(first), _hdr_from_frame(first),
+                           estimate, tags, _display_matrix(side_data), _hdr_from_frame(side_data),
                            stream.sample_aspect_ratio, keep)
 
 
