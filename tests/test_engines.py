@@ -330,3 +330,10 @@ def test_commands_with_io_beside_the_model_let_idle_openmp_threads_sleep(command
                          timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == f"policy {expected}"
+
+
+@pytest.mark.parametrize("size", ["10x", "abc", "64x48x3", "0x5"])
+def test_bench_size_that_is_not_width_by_height_is_one_usage_line(size: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "--size", size, "--frames", "1", "--warmup", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --size {size}: give the frame size as WIDTHxHEIGHT, e.g. 960x540"

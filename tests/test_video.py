@@ -193,6 +193,16 @@ def test_unreadable_video_is_one_error_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out.mkv").exists()
 
 
+def test_an_image_suffix_for_the_output_is_a_usage_error_before_any_work(rich_clip: Path, tmp_path: Path,
+                                                                        tiny_model: Path) -> None:
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(app, ["video", str(rich_clip), "-o", str(out), "--device", "cpu", "-m", str(tiny_model),
+                                      "--codec", "libx264"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {out}: FFmpeg's image2 container cannot hold libx264 video; use .mkv, .mp4, .mov or .webm" in result.output
+    assert not out.exists() and "frames written" not in result.output  # refused before any frame
+
+
 def test_container_that_cannot_hold_a_stream_is_a_usage_error(rich_clip: Path, tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "out.mp4"
     result = CliRunner().invoke(app, ["video", str(rich_clip), "-o", str(out), "--device", "cpu", "-m", str(tiny_model)])

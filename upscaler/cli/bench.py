@@ -34,6 +34,11 @@ def bench(
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
+        if min(width, height) < 1:
+            raise ValueError(size)
+    except ValueError:
+        raise fail(f"--size {size}: give the frame size as WIDTHxHEIGHT, e.g. 960x540") from None
+    try:
         engine = open_engine(settings)
         frame = frame_from_photo(_probe_pixels(), width, height)
         result = run_bench(engine, frame, frames, warmup, engine.model.descriptor.macs_per_input_pixel)

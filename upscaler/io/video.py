@@ -313,6 +313,11 @@ def encode_settings(codec: str, crf: int | None, preset: str | None, pix_fmt: st
     if supported and pix_fmt not in supported:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it")
     with _open_output(out) as probe_out:
+        try:
+            probe_out.add_stream(codec)  # before any work: an image suffix (.png) names a muxer that holds no video codec
+        except ValueError:
+            raise VideoError(f"{out}: FFmpeg's {probe_out.format.name} container cannot hold {codec} video; "
+                             "use .mkv, .mp4, .mov or .webm") from None
         global_header = bool(probe_out.format.flags & cast(int, av.format.Flags.global_header.value))
         return EncodeSettings(codec, pix_fmt, options, probe_out.format.name, global_header)
 
