@@ -58,7 +58,7 @@ def list_models(
 
 @app.command("import")
 def import_file(
-    file: Annotated[Path, typer.Argument(help="A .pth/.pt/.ckpt, .safetensors or .onnx generator.")],
+    file: Annotated[Path, typer.Argument(help="A .pth/.pt/.ckpt, .safetensors, .onnx or ncnn .param (its .bin beside it) generator.")],
     name: Annotated[str | None, typer.Option("--name", help="Name for --model [default: the file's stem].")] = None,
     models_dir: ModelsDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,

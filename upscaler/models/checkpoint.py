@@ -22,7 +22,8 @@ from upscaler.models.registry import StateDict
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)
-MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + ONNX_SUFFIXES
+NCNN_SUFFIXES = (".param",)  # with its .bin beside it (models/ncnn.py)
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + ONNX_SUFFIXES + NCNN_SUFFIXES
 WRAPPERS = ("params_ema", "params", "state_dict", "model")  # BasicSR's EMA weights are the ones to run
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from upscaler.models.checkpoint import (
     MODEL_SUFFIXES,
+    NCNN_SUFFIXES,
     ONNX_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     TORCH_SUFFIXES,
@@ -232,6 +233,11 @@ def load_model(spec: str) -> LoadedModel:
         return _detected(tensors, path)
     if suffix in TORCH_SUFFIXES:
         return _detected(unwrap(read_torch_checkpoint(path), path), path)
+    if suffix in NCNN_SUFFIXES:
+        from upscaler.models.ncnn import read_ncnn
+
+        arch, params, tensors = read_ncnn(path)
+        return _build(arch, params, tensors, ModelCard(arch.name, params, 0, name=path.stem), path)
     raise ModelError(f"{path}: unsupported model file type {suffix or '(none)'!r}; use one of {', '.join(MODEL_SUFFIXES)}")
 
 
