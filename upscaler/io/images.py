@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -256,6 +255,8 @@ def _flatten_on_white(picture: Picture) -> Picture:
 
 
 def _ffmpeg(args: list[str], stdin: bytes) -> bytes:
+    import imageio_ffmpeg  # only 16-bit RGB(A) decoding needs it: kept out of every other command's imports
+
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     # A session of its own: a Ctrl-C at the terminal stops the run between files, not an encode in flight.
     result = subprocess.run([exe, "-v", "error", "-nostdin", *args], input=stdin or None, capture_output=True, check=False,
