@@ -28,6 +28,11 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Degradation(str, Enum):
+    bicubic = "bicubic"
+    realworld = "realworld"
+
+
 class Stage(str, Enum):
     pixel = "pixel"
     gan = "gan"
@@ -64,6 +69,8 @@ def train(
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [default: on for CUDA, off on CPU].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data sampling.")] = 0,
     param: Annotated[list[str] | None, typer.Option(help="Architecture hyper-parameter KEY=VALUE, repeatable (e.g. channels=32).")] = None,
+    degradation: Annotated[Degradation, typer.Option(help="How LR patches are made: bicubic (MATLAB, the benchmarks' LR) or realworld (Real-ESRGAN's two rounds of blur, resize, noise and JPEG).")] = Degradation.bicubic,
+    degradation_param: Annotated[list[str] | None, typer.Option(help="realworld setting KEY=VALUE in JSON, repeatable; defaults are Real-ESRGAN x4plus's (e.g. noise_range=[1,10], jpeg_range=[50,95], usm_target=true).")] = None,
 ) -> None:
     """Train a generator: a pixel loss (SRResNet on MSE, EDSR on L1), then SRGAN's adversarial stage.
 
@@ -79,6 +86,7 @@ def train(
             checkpoint_every=checkpoint_every, amp=torch_device.type == "cuda" if amp is None else amp,
             arch_params=parse_params(param or []), stage=stage.value, init=str(init) if init else None,
             vgg=str(vgg) if vgg else None, content=content.value, adv_weight=adv_weight,
+            degradation=degradation.value, degradation_params=parse_params(degradation_param or [], "--degradation-param"),
         )
         path = run_training(config, out, torch_device, resume)
     except (ValueError, FileNotFoundError) as exc:
@@ -91,8 +99,8 @@ def train(
         console.print(f"[green]saved[/] {path}")
 
 
-def parse_params(pairs: list[str]) -> dict[str, object]:
-    """--param KEY=VALUE, VALUE in JSON (numbers, true/false, strings in quotes)."""
+def parse_params(pairs: list[str], option: str = "--param") -> dict[str, object]:
+    """KEY=VALUE pairs of `option`, VALUE in JSON (numbers, true/false, lists, strings in quotes)."""
     params: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -101,5 +109,5 @@ def parse_params(pairs: list[str]) -> dict[str, object]:
                 raise ValueError("not KEY=VALUE")
             params[key] = json.loads(value)
         except ValueError as exc:
-            raise ValueError(f"--param {pair!r}: {exc}") from None
+            raise ValueError(f"{option} {pair!r}: {exc}") from None
     return params
