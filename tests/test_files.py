@@ -4,6 +4,7 @@ completeness check and the atomic write, on real files in tmp_path (fast; the CL
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import os
@@ -23,6 +24,7 @@ from PIL import Image
 from upscaler.io import files
 from upscaler.io.files import (
     NAME_MAX,
+    AtomicFile,
     Job,
     clashes,
     discover,
@@ -36,6 +38,7 @@ from upscaler.io.files import (
     same_file,
     target_path,
     write_atomically,
+    write_bytes_atomically,
 )
 
 TEMPORARY = re.compile(r"\.upscale-(\d+)-(\d+)\.tmp")
@@ -639,3 +642,87 @@ def test_a_root_given_guards_the_folders_between_it_and_the_target(tmp_path: Pat
     with pytest.raises(OSError):
         write_atomically(tmp_path / "alias" / "b.png", _writer(b"planted"), root=tmp_path)
     assert sorted(os.listdir(outside)) == ["a.png"]
+
+
+# --- the one writer ------------------------------------------------------------------------------
+
+
+def test_an_atomic_file_is_in_place_only_once_committed(tmp_path: Path) -> None:
+    target = tmp_path / "segment.packets"
+    target.write_bytes(b"old")
+    written = AtomicFile(target)
+    written.stream.write(b"half")
+    assert target.read_bytes() == b"old" and len(_leftovers(tmp_path)) == 1
+    written.commit()
+    assert target.read_bytes() == b"half" and _leftovers(tmp_path) == []
+    dropped = AtomicFile(target)
+    dropped.stream.write(b"interrupted")
+    dropped.abandon()
+    assert target.read_bytes() == b"half" and _leftovers(tmp_path) == []
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "m.safetensors"
+    write_bytes_atomically(target, b"first")
+    with pytest.raises(RuntimeError), AtomicFile(target) as stream:
+        stream.write(b"second")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"first" and _leftovers(tmp_path) == []
+
+
+def test_a_mode_given_is_set_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        write_bytes_atomically(tmp_path / "shared.onnx", b"graph", mode=0o644)
+        write_bytes_atomically(tmp_path / "private.log", b"log")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.log").stat().st_mode) == 0o600
+
+
+def _writes_beside_the_helper(tree: ast.AST) -> list[tuple[int, str]]:
+    """Renames and whole-file writes that do not go through io/files.py: os.replace/rename/renames, a
+    Path's .replace(x)/.rename(x) (one positional argument: str.replace takes two, dataclasses.replace
+    is called by name), and Path.write_bytes/write_text."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name, owner = node.func.attr, node.func.value
+        if isinstance(owner, ast.Name) and owner.id in ("os", "shutil") and name in ("replace", "rename", "renames", "move"):
+            found.append((node.lineno, f"{owner.id}.{name}"))
+        elif (name in ("replace", "rename") and len(node.args) == 1 and not node.keywords) or name in ("write_bytes", "write_text"):
+            found.append((node.lineno, f".{name}(...)"))
+    return found
+
+
+def test_every_file_the_tool_writes_goes_through_the_one_helper() -> None:
+    package = Path(files.__file__).parents[1]
+    helper = Path(files.__file__)
+    found = {
+        f"{path.relative_to(package.parent)}:{line}: {call}"
+        for path in sorted(package.rglob("*.py")) if path != helper
+        for line, call in _writes_beside_the_helper(ast.parse(path.read_text(), str(path)))
+    }
+    assert found == set(), "write through upscaler.io.files.AtomicFile / write_atomically instead"
+    inside = _writes_beside_the_helper(ast.parse(helper.read_text()))
+    assert [call for _, call in inside] == ["os.replace"], "the helper itself renames once"
+
+
+def test_the_source_check_sees_each_kind_of_hand_made_writer() -> None:
+    """The check above is only as good as its eyes: each way of bypassing the helper is caught, look-alikes are not."""
+    code = """
+os.replace(tmp, path)
+os.rename(a, b)
+tmp.replace(path)
+Path(x).rename(y)
+shutil.move(a, b)
+path.write_bytes(data)
+path.write_text(text)
+name.replace("a", "b")
+replace(settings, tile=8)
+signature.replace(parameters=[])
+"""
+    assert [call for _, call in _writes_beside_the_helper(ast.parse(code))] == [
+        "os.replace", "os.rename", ".replace(...)", ".rename(...)", "shutil.move", ".write_bytes(...)", ".write_text(...)"]

@@ -100,8 +100,9 @@ def _crash_log(exc: Exception, args: list[str]) -> Path:
     name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     for folder in (Path(state) / "upscaler", Path(tempfile.gettempdir())):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(text)
+            from upscaler.io.files import write_bytes_atomically
+
+            write_bytes_atomically(folder / name, text.encode())
             return folder / name
         except OSError:
             continue

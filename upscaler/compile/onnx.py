@@ -10,6 +10,7 @@ so the engine can recompute those tiles in fp32 although it only ever sees bytes
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from upscaler.io.files import write_bytes_atomically
 from upscaler.models.onnx_model import GraphIO
 
 INPUT_NAME, OUTPUT_NAME, FLAGS_NAME = "lr", "sr", "bad"
@@ -67,15 +69,14 @@ def export_onnx(model: nn.Module, shape: TileShape, precision: str, path: Path) 
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
     wrapped = ByteIO(_copy_as(model, dtype), dtype, shape.layout, flags=True).eval()
     example = torch.zeros(shape.input_shape(), dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        graph = Path(scratch) / "graph.onnx"  # the exporter's own file, never under a name of ours
         torch.onnx.export(
-            wrapped, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, FLAGS_NAME],
+            wrapped, (example,), str(graph), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, FLAGS_NAME],
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
-    tmp.replace(path)
+        write_bytes_atomically(path, graph.read_bytes())
 
 
 def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -169,10 +170,7 @@ def wrap_foreign_onnx(data: bytes, io: GraphIO, shape: TileShape, scale: int, pa
     del graph.value_info[:]
     graph.value_info.extend(keep)
     onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomically(path, model.SerializeToString())
 
 
 def _chain(helper: Any, prefix: str, source: str, target: str, steps: list[tuple[str, list[str], dict[str, object]]]) -> list[Any]:

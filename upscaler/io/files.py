@@ -240,38 +240,83 @@ def _decodes(path: Path) -> bool:
     return True
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], object], root: Path | None = None) -> None:
-    """Let `write` fill a fresh temporary file beside `target`, sync it, rename it over `target`, sync the folder.
+class AtomicFile:
+    """One file being written under a fresh temporary name beside `target`: the one way this tool writes a file.
 
-    Folders between `root` (made if missing) and the target are opened or made without following
-    links, and a link in place of the target is refused: a link planted in OUT fails this one file
-    and nothing is written outside `root`.
+    The temporary is created exclusively (never an existing file, never through a link) in the
+    target's folder; `commit` syncs it, renames it over `target` in one step and syncs the folder,
+    so after a crash or a power cut the name holds the old file or the complete new one; `abandon`
+    removes it. Folders between `root` (made if missing) and the target are opened or made without
+    following links, and a link in place of the target is refused: a link planted in OUT fails this
+    one file and nothing is written outside `root`. `mode` (e.g. 0o644 for shared model files) is
+    set whatever the umask; by default the umask decides, as for any new file.
     """
-    root = root or target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    folder = _open_below(root, target.parent.relative_to(root).parts)
-    try:
+
+    def __init__(self, target: Path, root: Path | None = None, mode: int | None = None) -> None:
+        self.target = target
+        root = root or target.parent
+        root.mkdir(parents=True, exist_ok=True)
+        self._folder = _open_below(root, target.parent.relative_to(root).parts)
         try:
-            if stat.S_ISLNK(os.lstat(target.name, dir_fd=folder).st_mode):
-                raise OSError(errno.EEXIST, f"{target} is a symbolic link; it is not replaced")
-        except FileNotFoundError:
-            pass
-        tmp = _temp_name()
-        try:
-            with open(os.open(tmp, _TEMP_FLAGS, 0o666, dir_fd=folder), "wb") as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
             try:
-                os.unlink(tmp, dir_fd=folder)
+                if stat.S_ISLNK(os.lstat(target.name, dir_fd=self._folder).st_mode):
+                    raise OSError(errno.EEXIST, f"{target} is a symbolic link; it is not replaced")
             except FileNotFoundError:
                 pass
+            self._tmp = _temp_name()
+            self.stream: BinaryIO = open(os.open(self._tmp, _TEMP_FLAGS, 0o666, dir_fd=self._folder), "wb")  # noqa: SIM115
+            if mode is not None:
+                os.fchmod(self.stream.fileno(), mode)
+        except BaseException:
+            os.close(self._folder)
             raise
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+
+    def commit(self) -> None:
+        """Sync the temporary, rename it over the target, sync the folder; the temporary is gone either way."""
+        try:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            os.replace(self._tmp, self.target.name, src_dir_fd=self._folder, dst_dir_fd=self._folder)
+        except BaseException:
+            self.abandon()
+            raise
+        try:
+            os.fsync(self._folder)
+        finally:
+            os.close(self._folder)
+
+    def abandon(self) -> None:
+        """Drop the temporary (interrupted, failed): the target keeps what it held."""
+        self.stream.close()
+        try:
+            os.unlink(self._tmp, dir_fd=self._folder)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._folder)
+
+    def __enter__(self) -> BinaryIO:
+        return self.stream
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abandon()
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], object], root: Path | None = None,
+                     mode: int | None = None) -> None:
+    """Let `write` fill the target through an `AtomicFile`: complete under its name, or not there at all."""
+    with AtomicFile(target, root, mode) as stream:
+        write(stream)
+
+
+def write_bytes_atomically(target: Path, data: bytes, root: Path | None = None, mode: int | None = None) -> None:
+    """`data` as the whole of `target`, through an `AtomicFile`."""
+    with AtomicFile(target, root, mode) as stream:
+        stream.write(data)
 
 
 def _open_below(root: Path, parts: tuple[str, ...]) -> int:

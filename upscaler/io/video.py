@@ -37,7 +37,7 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
 from upscaler.io.colour import ColourTags, Converter, bit_depth, open_converter, yuv_layout
-from upscaler.io.files import write_atomically
+from upscaler.io.files import AtomicFile, write_atomically, write_bytes_atomically
 from upscaler.io.stages import Stages
 
 if TYPE_CHECKING:
@@ -423,15 +423,10 @@ class WorkFolder:
         listed = [asdict(self.segments[i]) if i in self.segments else None for i in range(max(self.segments, default=-1) + 1)]
         manifest = {"key": self.key, "segments": listed,
                     "extradata": None if self.extradata is None else self.extradata.hex()}
-        text = json.dumps(manifest, indent=1)
-        write_atomically(self.path / _MANIFEST, lambda tmp: _write_text(tmp, text))
+        write_bytes_atomically(self.path / _MANIFEST, json.dumps(manifest, indent=1).encode())
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _write_text(stream: BinaryIO, text: str) -> None:
-    stream.write(text.encode())
 
 
 def _segment_name(index: int) -> str:
@@ -503,8 +498,7 @@ class _SegmentEncoder:
         self.converter = converter
         self.on_segment = on_segment
         self._ctx: VideoCodecContext | None = None
-        self._file: BinaryIO | None = None
-        self._tmp: Path | None = None
+        self._file: AtomicFile | None = None
         self._first_pts = 0
         self._frames = 0
         self._durations: dict[int, int] = {}
@@ -522,33 +516,28 @@ class _SegmentEncoder:
 
     def _begin(self, index: int, first_pts: int) -> None:
         self._ctx = self.settings.open(self.source, *self.size)
-        self._tmp = self.folder / f"{_HIDDEN}{os.getpid()}-{_segment_name(index)}"
-        self._file = self._tmp.open("wb")
-        self._file.write(_PACKETS_MAGIC)
+        self._file = AtomicFile(self.folder / _segment_name(index))
+        self._file.stream.write(_PACKETS_MAGIC)
         self._first_pts, self._frames = first_pts, 0
 
     def _emit(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             duration = self._durations.pop(packet.pts, 0) if packet.pts is not None else 0
-            _write_packet(self._file, packet, duration)  # type: ignore[arg-type]
+            _write_packet(self._file.stream, packet, duration)  # type: ignore[union-attr]
 
     def _finish(self, planned: PlannedSegment) -> None:
-        assert self._ctx is not None and self._file is not None and self._tmp is not None
+        assert self._ctx is not None and self._file is not None
         self._emit(self._ctx.encode(None))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.folder / _segment_name(planned.index))
+        file, self._file = self._file, None
+        file.commit()
         self.on_segment(planned.index, Segment(self._first_pts, self._frames, planned.next_pts), self._ctx.extradata)
-        self._ctx, self._file, self._tmp = None, None, None
+        self._ctx = None
 
     def abandon(self) -> None:
         """Drop the segment in progress (interrupted): the next run encodes it again."""
         if self._file is not None:
-            self._file.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-        self._ctx, self._file, self._tmp = None, None, None
+            self._file.abandon()
+        self._ctx, self._file = None, None
 
 
 def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunStats,

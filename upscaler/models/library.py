@@ -78,8 +78,7 @@ def import_model(source: Path, folder: Path, name: str | None = None, replace: b
 
 def _write_onnx(source: Path, target: Path, provenance: dict[str, Any]) -> None:
     """The graph as it is, plus a metadata property; written under a temporary name and renamed."""
-    import onnx
-
+    from upscaler.io.files import write_bytes_atomically
     from upscaler.models.onnx_model import read_onnx
 
     model = read_onnx(source)
@@ -87,8 +86,5 @@ def _write_onnx(source: Path, target: Path, provenance: dict[str, Any]) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(provenance))
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.chmod(0o644)
-    tmp.replace(target)
+    write_bytes_atomically(target, model.SerializeToString(), mode=0o644)
 

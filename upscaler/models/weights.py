@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from upscaler.models.checkpoint import (
@@ -148,11 +148,9 @@ def save_model(module: nn.Module, card: ModelCard, path: Path, descriptor: Model
     metadata = card.to_metadata()
     if descriptor is not None:
         metadata["descriptor"] = json.dumps(descriptor.to_json())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)  # weights are shared files, not secrets
-    tmp.replace(path)
+    from upscaler.io.files import write_bytes_atomically
+
+    write_bytes_atomically(path, save(tensors, metadata=metadata), mode=0o644)  # weights are shared files, not secrets
 
 
 def builtin_models() -> dict[str, Path]:

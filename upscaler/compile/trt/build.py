@@ -13,6 +13,7 @@ from pathlib import Path
 import tensorrt as trt
 
 from upscaler.compile.onnx import INPUT_NAME, TileShape
+from upscaler.io.files import write_bytes_atomically
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,5 @@ def build_plan(onnx_path: Path, shape: TileShape, options: BuildOptions) -> byte
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     if options.timing_cache is not None:
-        options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        options.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomically(options.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from upscaler.io.files import write_bytes_atomically
 
 MANIFEST = "manifest.json"
 
@@ -83,9 +84,7 @@ class EngineCache:
     def store(self, key: EngineKey, plan: bytes) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._inside(f"{key.stem}.plan")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(plan)
-        os.replace(tmp, path)
+        write_bytes_atomically(path, plan)
         entry = CacheEntry(key, path.name, hashlib.sha256(plan).hexdigest(), self.onnx_path(key).name)
         others = [e for e in self.entries() if e.key != key]
         self._write_manifest([*others, entry])
@@ -109,10 +108,8 @@ class EngineCache:
         return path
 
     def _write_manifest(self, entries: list[CacheEntry]) -> None:
-        path = self.folder / MANIFEST
-        tmp = path.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text(json.dumps({"engines": [e.to_json() for e in entries]}, indent=2))
-        os.replace(tmp, path)
+        text = json.dumps({"engines": [e.to_json() for e in entries]}, indent=2)
+        write_bytes_atomically(self.folder / MANIFEST, text.encode())
 
 
 def _sha256(path: Path) -> str:
