@@ -76,11 +76,11 @@ class RealWorldSettings:
                 values[key] = tuple(type(default[0])(v) for v in value)
             elif isinstance(default, bool):
                 if not isinstance(value, bool):
-                    raise ValueError(f"--degradation-param {key}: true or false")
+                    raise ValueError(f"--degradation-param {key}: true or false")  # noqa: TRY004 (a usage line)
                 values[key] = value
             else:
                 if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ValueError(f"--degradation-param {key}: a number")
+                    raise ValueError(f"--degradation-param {key}: a number")  # noqa: TRY004 (a usage line)
                 values[key] = float(value)
         settings = cls(**{**{f: getattr(defaults, f) for f in known}, **values})
         settings.check()
@@ -99,9 +99,9 @@ class RealWorldSettings:
             if f.name.endswith("_prob") or f.name[:-1].endswith("_prob"):
                 if isinstance(value, float) and not 0 <= value <= 1:
                     raise ValueError(f"--degradation-param {f.name}: a probability in [0, 1]")
-            elif isinstance(value, tuple) and len(value) == 2 and f.name != "kernel_sizes":
-                if value[0] > value[1] or value[0] < 0:
-                    raise ValueError(f"--degradation-param {f.name}: [low, high] with 0 <= low <= high")
+            elif (isinstance(value, tuple) and len(value) == 2 and f.name != "kernel_sizes"
+                  and (value[0] > value[1] or value[0] < 0)):
+                raise ValueError(f"--degradation-param {f.name}: [low, high] with 0 <= low <= high")
 
 
 class Draw:
