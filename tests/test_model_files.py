@@ -97,7 +97,7 @@ def test_save_is_atomic_float32_and_world_readable(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     with safe_open(str(path), "pt") as handle:
         assert all(handle.get_tensor(k).dtype == torch.float32 for k in handle.keys())
-        assert "descriptor" not in (handle.metadata() or {})
+        assert json.loads(handle.metadata()["descriptor"])["parameters"] == sum(p.numel() for p in module.parameters())
     loaded = load_model(str(path))
     save_model(loaded.module, loaded.card, tmp_path / "d.safetensors", loaded.descriptor)
     with safe_open(str(tmp_path / "d.safetensors"), "pt") as handle:

@@ -1,11 +1,8 @@
-"""The `upscale` command line: one module per command, registered on one typer app in this order."""
+"""The `upscale` command line: one module per command, loaded when its command is looked up (see app.COMMANDS)."""
 
 import os
 import sys
 
-# isort: off
-from upscaler.cli import upscale, video, models, evaluate, compile, bench, train  # noqa: F401 (registers the commands)
-# isort: on
 from upscaler.cli.app import EXIT_INTERRUPTED, app, run
 
 

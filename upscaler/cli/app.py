@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -10,13 +11,60 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer import _click as click  # typer 0.29 vendors click: its own classes, not the click package's
+from typer.core import TyperCommand, TyperGroup
+
+# Each command's module and its help's first line, in the order --help lists them. The module (and
+# what it imports: torch for most) is loaded only when its command runs or shows its own --help;
+# tests/test_startup.py checks these lines against the commands' own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dir": ("upscale", "Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder."),
+    "image": ("upscale", "Upscale one image; `upscale image - -o - --format png` works in a pipeline."),
+    "video": ("video", "Upscale a video: audio, subtitles and attachments copied, timestamps, colour and rotation kept."),
+    "pipe": ("video", "Upscale frames from stdin to stdout: "
+                      "`ffmpeg -i IN -f yuv4mpegpipe - | upscale pipe | ffmpeg -f yuv4mpegpipe -i - OUT`."),
+    "models": ("models", "List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."),
+    "import": ("models", "Check a foreign model and keep it in the user model folder, so `--model NAME` finds it."),
+    "eval": ("evaluate", "PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale)."),
+    "compile": ("compile", "Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape."),
+    "bench": ("bench", "Latency (p50/p95) and throughput of the whole frame path on frames of one size."),
+    "train": ("train", "Train a generator: a pixel loss (SRResNet on MSE, EDSR on L1), then SRGAN's adversarial stage."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The root command: a command's module is imported when that command is looked up, not before."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, summary = COMMANDS[cmd_name]
+        if self._listing:  # the root --help: a line per command, no module loaded
+            return TyperCommand(cmd_name, help=summary, short_help=summary)
+        importlib.import_module(f"upscaler.cli.{module}")
+        return typer.main.get_command(app).commands.get(cmd_name)  # type: ignore[attr-defined]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
+    cls=LazyGroup,
     help="Make photos and video four times sharper with trained super-resolution generators.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,8 +80,19 @@ _USAGE_ERRORS = (typer.TyperException,)
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from upscaler import __version__
+
+        typer.echo(f"upscale {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit.")] = False,
+) -> None:
     """Make photos and video four times sharper with trained super-resolution generators."""
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,6 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from upscaler.cli.app import app, console, fail
+
+if TYPE_CHECKING:
+    from upscaler.models.descriptor import ModelDescriptor
+    from upscaler.models.weights import ModelCard
 
 ModelsDirOption = Annotated[
     Path | None,
@@ -25,23 +29,22 @@ def list_models(
     models_dir: ModelsDirOption = None,
 ) -> None:
     """List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."""
-    from upscaler.models.weights import builtin_models, load_model, user_models, user_models_dir
+    from upscaler.models.weights import builtin_models, user_models, user_models_dir
 
     found = [("built-in", name, path) for name, path in sorted(builtin_models().items())]
     found += [("imported", name, path) for name, path in user_models(models_dir or user_models_dir()).items()]
     rows: list[dict[str, Any]] = []
     for kind, name, path in found:
         try:
-            loaded = load_model(str(path))
+            card, d = _described(path)
         except ValueError as exc:
             console.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
             continue
-        d = loaded.descriptor
         rows.append({
-            "name": name, "kind": kind, "arch": loaded.card.arch, "arch_params": loaded.card.arch_params,
+            "name": name, "kind": kind, "arch": card.arch, "arch_params": card.arch_params,
             "scale": d.scale, "parameters": d.parameters, "macs_per_input_pixel": round(d.macs_per_input_pixel),
-            "scores": loaded.card.scores, "recipe": loaded.card.recipe, "path": str(path),
-            "provenance": loaded.card.provenance, "descriptor": d.to_json(),
+            "scores": card.scores, "recipe": card.recipe, "path": str(path),
+            "provenance": card.provenance, "descriptor": d.to_json(),
         })
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -54,6 +57,20 @@ def list_models(
         cells = [f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-" for s in scores]
         table.add_row(row["name"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
     Console().print(table)
+
+
+def _described(path: Path) -> tuple[ModelCard, ModelDescriptor]:
+    """Card and descriptor from the file's header when it stores them (no torch, no tensor read); else from loading it."""
+    from upscaler.models.descriptor import DESCRIPTOR_KEY, ModelDescriptor, safetensors_metadata
+    from upscaler.models.weights import FORMAT, ModelCard, load_model
+
+    if path.suffix == ".safetensors":
+        metadata = safetensors_metadata(path)
+        stored = ModelDescriptor.from_stored(metadata.get(DESCRIPTOR_KEY), str(path))
+        if stored is not None and metadata.get("format") == FORMAT:
+            return ModelCard.from_metadata(metadata, str(path)), stored
+    loaded = load_model(str(path))
+    return loaded.card, loaded.descriptor
 
 
 @app.command("import")

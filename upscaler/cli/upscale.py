@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -16,10 +16,6 @@ from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, printable, warn
 from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, run_options
-from upscaler.cluster.ray_runner import ClusterRunner, cluster_runner
-from upscaler.engine.engine import Engine, open_engine
-from upscaler.engine.frames import FrameError
-from upscaler.engine.pipeline import JobRunner, Outcome, Summary, skip_existing
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import (
     Job,
@@ -34,10 +30,17 @@ from upscaler.io.files import (
 )
 from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_picture, read_picture, read_picture_bytes
 
+if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
+    from upscaler.cluster.ray_runner import ClusterRunner
+    from upscaler.engine.engine import Engine
+    from upscaler.engine.pipeline import JobRunner, Outcome, Summary
+
 STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
 
 
 def _open_engine(settings: RunSettings) -> Engine:
+    from upscaler.engine.engine import open_engine
+
     try:
         return open_engine(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -58,6 +61,10 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
 
     `prepare` (making OUT) runs once the model or cluster is open: a bad model leaves no OUT behind.
     """
+    from upscaler.cluster.ray_runner import cluster_runner
+    from upscaler.engine.engine import open_engine
+    from upscaler.engine.pipeline import JobRunner
+
     with ExitStack() as resources:
         try:
             if cluster is None:
@@ -76,6 +83,8 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
 
 
 def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str) -> None:
+    from upscaler.engine.pipeline import Summary
+
     summary = Summary(skipped=skipped)
     columns = (
         TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
@@ -164,6 +173,8 @@ def upscale_dir(
         return
     skipped: list[Path] = []
     if skip_existing_outputs:
+        from upscaler.engine.pipeline import skip_existing
+
         jobs, skipped = skip_existing(jobs)
     _run_batch(jobs, settings, len(skipped), lambda: _prepare_output(out, recursive), cluster)
 
@@ -201,6 +212,8 @@ def upscale_image(
         _run_piped(source, out, fmt, settings)
         return
     if skip_existing_outputs and is_complete(out):
+        from upscaler.engine.pipeline import Summary
+
         _print_summary(Summary(skipped=1), settings.model)
         return
     _run_batch([Job(source, out, fmt)], settings, 0, lambda: _prepare_output(out.parent, recursive=False))
@@ -208,6 +221,9 @@ def upscale_image(
 
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
+    from upscaler.engine.frames import FrameError
+    from upscaler.engine.pipeline import Summary
+
     if source == STDIO and sys.stdin.isatty():
         raise fail("standard input is a terminal; pipe an image in (upscale image - -o out.png < in.jpg)")
     if out == STDIO and sys.stdout.isatty():

@@ -106,7 +106,9 @@ def plan_run(settings: RunSettings, model: LoadedModel) -> RunPlan:
         check_overlap(settings.tile, settings.overlap)
     static = backend == "tensorrt" or settings.cuda_graphs
     budget = (settings.memory_budget_mib << 20) if settings.memory_budget_mib else _default_budget(device)
-    per_pixel = working_bytes_per_pixel(model.module, model.card.scale, dtype)
+    stored = model_facts.activations_per_input_pixel  # measured once, with the descriptor; else probed here
+    per_pixel = (stored * torch.finfo(dtype).bits // 8 * 3 + model.card.scale**2 * 3 * 4 if stored
+                 else working_bytes_per_pixel(model.module, model.card.scale, dtype))
     tiles = TilePlan(
         tile=settings.tile,
         overlap=settings.overlap,

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from upscaler.models import ARCHITECTURES, Architecture
 from upscaler.models.errors import ModelError
-from upscaler.models.registry import ARCHITECTURES, Architecture, StateDict
+from upscaler.models.registry import StateDict
 
 
 @dataclass(frozen=True)

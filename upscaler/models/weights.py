@@ -14,33 +14,15 @@ import sys
 from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save
-from torch import nn
-
-from upscaler.models.checkpoint import (
-    MODEL_SUFFIXES,
-    NCNN_SUFFIXES,
-    ONNX_SUFFIXES,
-    SAFETENSORS_SUFFIXES,
-    TORCH_SUFFIXES,
-    as_float32,
-    read_safetensors,
-    read_torch_checkpoint,
-    unwrap,
-)
-from upscaler.models.descriptor import ModelDescriptor
-from upscaler.models.detect import detect_architecture, state_mismatch
+from upscaler.models.descriptor import DESCRIPTOR_KEY, ModelDescriptor, cached, remember
 from upscaler.models.errors import ModelError
-from upscaler.models.registry import (
-    Architecture,
-    StateDict,
-    count_parameters,
-    get_architecture,
-    macs_per_input_pixel,
-    output_shape,
-)
+
+if TYPE_CHECKING:  # torch loads where a model is opened, never for the names and folders below
+    from torch import nn
+
+    from upscaler.models.registry import Architecture, StateDict
 
 FORMAT = "upscaler/1"
 DEFAULT_MODEL = "default"
@@ -130,6 +112,8 @@ class LoadedModel:
 
     def __post_init__(self, described: ModelDescriptor | None) -> None:
         if described is None:
+            from upscaler.models import get_architecture
+
             arch = get_architecture(self.card.arch)
             described = describe(arch, self.card.arch_params, self.card.scale, self.module, self.source)
         self.descriptor = described
@@ -141,13 +125,24 @@ class LoadedModel:
 
 
 def save_model(module: nn.Module, card: ModelCard, path: Path, descriptor: ModelDescriptor | None = None) -> None:
-    """Write atomically: a crash never leaves a truncated weights file under the final name."""
+    """Write atomically: a crash never leaves a truncated weights file under the final name.
+
+    The descriptor (measured from `module` when not given) is stored with the weights, so loading
+    this file later runs no probe.
+    """
+    from safetensors.torch import save
+
     tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in module.state_dict().items()}
     if not tensors:
         raise ModelError(f"{path}: this model has no torch weights to save (an ONNX graph is kept as its .onnx file)")
     metadata = card.to_metadata()
-    if descriptor is not None:
-        metadata["descriptor"] = json.dumps(descriptor.to_json())
+    if card.arch in _architecture_names():
+        from upscaler.models import get_architecture
+
+        arch = get_architecture(card.arch)
+        if descriptor is None or descriptor.activations_per_input_pixel == 0:
+            descriptor = describe(arch, card.arch_params, card.scale, arch.build_on_meta(card.arch_params), str(path))
+        metadata[DESCRIPTOR_KEY] = descriptor.stored()
     from upscaler.io.files import write_bytes_atomically
 
     write_bytes_atomically(path, save(tensors, metadata=metadata), mode=0o644)  # weights are shared files, not secrets
@@ -204,12 +199,38 @@ def resolve_model_path(spec: str) -> Path:
     )
 
 
+def _architecture_names() -> set[str]:
+    from upscaler.models import ARCHITECTURES
+
+    return set(ARCHITECTURES)
+
+
+def trusted_location(path: Path) -> bool:
+    """Built-in and imported files: written by this project, checked when they were; their stored descriptor holds."""
+    folder = path.resolve().parent
+    return folder in (Path(str(resources.files("upscaler") / "weights")).resolve(), user_models_dir().resolve())
+
+
 def read_card(path: Path) -> ModelCard:
+    from upscaler.models.checkpoint import read_safetensors
+
     return ModelCard.from_metadata(read_safetensors(path)[1], str(path))
 
 
 def load_model(spec: str) -> LoadedModel:
     """Any supported model file, checked, as a module in eval mode; ModelError (a ValueError) if it is bad."""
+    from upscaler.models import get_architecture
+    from upscaler.models.checkpoint import (
+        MODEL_SUFFIXES,
+        NCNN_SUFFIXES,
+        ONNX_SUFFIXES,
+        SAFETENSORS_SUFFIXES,
+        TORCH_SUFFIXES,
+        read_safetensors,
+        read_torch_checkpoint,
+        unwrap,
+    )
+
     path = resolve_model_path(spec)
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
@@ -225,7 +246,8 @@ def load_model(spec: str) -> LoadedModel:
                 arch = get_architecture(card.arch)
             except ModelError as exc:
                 raise ModelError(f"{path}: {exc}") from None
-            return _build(arch, card.arch_params, tensors, card, path)
+            stored = ModelDescriptor.from_stored(metadata.get(DESCRIPTOR_KEY), str(path)) if trusted_location(path) else None
+            return _build(arch, card.arch_params, tensors, card, path, stored)
         if metadata.get("format", "").startswith("upscaler"):
             ModelCard.from_metadata(metadata, str(path))  # names the unknown format version
         return _detected(tensors, path)
@@ -240,39 +262,56 @@ def load_model(spec: str) -> LoadedModel:
 
 
 def _detected(tensors: StateDict, path: Path) -> LoadedModel:
+    from upscaler.models.detect import detect_architecture
+
     found = detect_architecture(tensors, path)
     card = ModelCard(found.arch.name, found.params, 0, name=path.stem)
     return _build(found.arch, found.params, found.state, card, path)
 
 
-def _build(arch: Architecture, params: dict[str, Any], tensors: StateDict, card: ModelCard, path: Path) -> LoadedModel:
-    """Bounds, then the network on meta (size, keys, shapes, real scale), then, only then, real memory."""
+def _build(
+    arch: Architecture, params: dict[str, Any], tensors: StateDict, card: ModelCard, path: Path,
+    stored: ModelDescriptor | None = None,
+) -> LoadedModel:
+    """Bounds, then (first sight of a file) the network on meta: size, keys, shapes, real scale; only then real memory.
+
+    A descriptor stored by this project (`stored`) or measured earlier for these very bytes (the
+    cache) skips the meta build and its probe; strict loading still matches every key and shape.
+    """
+    from upscaler.models.checkpoint import as_float32
+    from upscaler.models.detect import state_mismatch
+
     try:
-        meta = arch.build_on_meta(params)
-        problem = state_mismatch(meta, tensors)
-        if problem is not None:
-            raise ModelError(f"{arch.name} layers do not match the file: {problem}")
-        probe = 8 * arch.size_multiple(arch.checked_params(params))
-        shape = output_shape(meta.eval(), probe, probe)
+        checked = arch.checked_params(params)
     except ValueError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    scale = shape[-1] // probe
-    if shape[1] != 3 or shape[-1] != scale * probe or shape[-2] != scale * probe:
-        raise ModelError(f"{path}: the layers make {list(shape)} from a {probe}x{probe} RGB input, not an RGB upscale")
-    if card.scale and card.scale != scale:
-        raise ModelError(f"{path}: metadata says scale {card.scale} but the layers upscale x{scale}")
-    card.scale = scale
-    descriptor = describe(arch, params, scale, meta, str(path))
+    descriptor = stored if stored is not None else cached(path)
+    if descriptor is not None and (descriptor.arch, descriptor.arch_params) != (arch.name, checked):
+        descriptor = None
+    if descriptor is None:
+        try:
+            meta = arch.build_on_meta(params)
+            problem = state_mismatch(meta, tensors)
+            if problem is not None:
+                raise ModelError(f"{arch.name} layers do not match the file: {problem}")
+            descriptor = describe(arch, params, card.scale, meta, str(path))
+        except ValueError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        if stored is None and not trusted_location(path):
+            remember(descriptor)
+    if card.scale and card.scale != descriptor.scale:
+        raise ModelError(f"{path}: metadata says scale {card.scale} but the layers upscale x{descriptor.scale}")
+    card.scale = descriptor.scale
     module = arch.build(**params)
-    module.load_state_dict(as_float32(tensors, path))
+    try:
+        module.load_state_dict(as_float32(tensors, path))
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: {arch.name} layers do not match the file: {str(exc).splitlines()[-1].strip()}") from None
     return LoadedModel(card, module.eval(), str(path), descriptor)
 
 
 def describe(arch: Architecture, params: dict[str, Any], scale: int, module: nn.Module, source: str) -> ModelDescriptor:
-    """The descriptor of a torch module (on meta it costs nothing: MACs come from shapes alone)."""
-    checked = arch.checked_params(params)
-    return ModelDescriptor(
-        arch=arch.name, scale=scale, in_channels=3, out_channels=3, parameters=count_parameters(module),
-        macs_per_input_pixel=macs_per_input_pixel(module), supports_fp16=arch.supports_fp16,
-        supports_bf16=arch.supports_bf16, size_multiple=arch.size_multiple(checked), source=source, arch_params=checked,
-    )
+    """The descriptor of a torch module, measured (on meta it costs shapes alone); `scale` is the one measured."""
+    from upscaler.models.probe import probe
+
+    return probe(arch, params, module, source)
