@@ -290,21 +290,24 @@ def image():  # activations of a few tens of MB, each layer's output replacing t
     for _ in range(4):
         x = x.add(1)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(*[image() for _ in range(3)])
+print(*[image() for _ in range(6)])
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
 def test_the_next_image_reuses_the_heap_instead_of_faulting_it_in_again() -> None:
-    """46 MB activations: glibc alone maps and unmaps each (over its adaptive limit); kept, the third image faults nothing."""
+    """46 MB activations: glibc alone maps and unmaps each (over its adaptive limit), so every image faults them in again;
+    kept, the heap grows to the image's peak once (over the first one to three images, as the threads' allocation order
+    falls) and the images after that fault nothing. The last of six is checked, not the third: under load the heap
+    sometimes settles one image later, and that is not the bug this test is about."""
     def faults(mode: str) -> list[int]:
         run = subprocess.run([sys.executable, "-c", _IMAGES_FAULTS, mode], capture_output=True, text=True, check=True)
         return [int(n) for n in run.stdout.split()]
 
     plain, kept = faults("plain"), faults("kept")
     page_count = 3 * 2000 * 1920 * 4 // 4096
-    assert plain[2] > page_count  # every image faults its activations in again
-    assert kept[2] < page_count // 20
+    assert min(plain[1:]) > page_count  # every image faults its activations in again
+    assert kept[-1] < page_count // 20
 
 
 _POLICY_PROBE = """
