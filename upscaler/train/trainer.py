@@ -335,6 +335,12 @@ class Trainer:
 
     def run(self, log: Log) -> dict[str, float]:
         """Train to `config.steps`; returns the last validation scores (empty without --val, and off rank 0)."""
+        try:
+            return self._run(log)
+        finally:
+            self.batches.close()  # no thread degrades batches nobody will take
+
+    def _run(self, log: Log) -> dict[str, float]:
         c = self.config
         self.ddp_model.train()
         started = tick = window_start = time.perf_counter()
