@@ -126,7 +126,7 @@ def test_train_then_upscale_end_to_end(runner: CliRunner, tmp_path: Path) -> Non
     scored = tmp_path / "scored.safetensors"
     result = runner.invoke(app, ["eval", "--model", str(run / "best.safetensors"), str(val), "--record", str(scored), "--tile", "48", "--overlap", "8"])
     assert result.exit_code == 0, result.output
-    assert set(load_model(str(scored)).card.scores["val"]) == {"psnr", "ssim"}
+    assert set(load_model(str(scored)).card.scores["val"]) == {"psnr", "ssim", "grid"}
 
     out = tmp_path / "up"
     result = runner.invoke(app, ["dir", str(EXAMPLES), "-o", str(out), "--model", str(run / "best.safetensors"), "--tile", "48", "--overlap", "8"])

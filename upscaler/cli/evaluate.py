@@ -29,12 +29,28 @@ def evaluate(
     precision: Annotated[str, typer.Option(help="fp32 by default: scores are measured exactly.")] = "fp32",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     record: Annotated[Path | None, typer.Option(help="Write a copy of the model with these mean scores in its metadata.")] = None,
+    degrade: Annotated[str | None, typer.Option(metavar="SPEC", help="Score damaged inputs: each LR made from its HR by MATLAB-bicubic x4 down, then blur, noise, JPEG as SPEC says (jpeg:50, noise:5, jpeg:75+noise:3, blur:1.2), with bicubic of the same LR beside.")] = None,
+    seed: Annotated[int, typer.Option(help="--degrade: seed of the noise (image i draws from seed and i).")] = 0,
 ) -> None:
-    """PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale).
+    """PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale), and the JPEG grid.
 
     `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
+    grid: how strongly the output draws the 8x8 block grid of a JPEG input at x4 (1.00: not at all).
     """
-    from upscaler.quality.evaluate import bicubic_upscaler, picture_upscaler, record_scores, score_dataset
+    from upscaler.quality.evaluate import (
+        bicubic_upscaler,
+        damaged_pairs,
+        dataset_pairs,
+        picture_upscaler,
+        record_scores,
+        score_pairs,
+    )
+    from upscaler.train.degradations import LowResDamage
+
+    try:
+        damage = LowResDamage.parse(degrade) if degrade is not None else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     if record is not None:
         if model == "bicubic":
@@ -48,27 +64,61 @@ def evaluate(
             engine = open_engine(settings)
             loaded = engine.model
             scale, upscale = loaded.card.scale, picture_upscaler(engine.upscale)
-        results = [score_dataset(upscale, folder, scale) for folder in datasets]
+        upscalers = {"model": upscale} if damage is None else {"model": upscale, "bicubic": bicubic_upscaler(scale)}
+        tracks = []
+        for folder in datasets:
+            if damage is None:
+                pairs = dataset_pairs(folder, scale)
+            else:
+                pairs = damaged_pairs(folder, scale, lambda lr, i: damage.apply_uint8(lr, image_seed(seed, i)))
+            tracks.append(score_pairs(upscalers, pairs, folder.name, scale))
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
+    results = [track["model"] for track in tracks]
+    suffix = f" {damage.spec()}" if damage is not None else ""
     if record is not None:
         try:
-            record_scores(Path(loaded.source), record, {r.name: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4)} for r in results})
+            record_scores(Path(loaded.source), record, {r.name + suffix: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4), "grid": round(r.grid, 3)}
+                                                        for r in results})
         except OSError as exc:
             raise fail(f"{record}: cannot write ({exc.strerror or exc})", EXIT_FAILED) from None
         console.print(f"scores recorded in {record}", highlight=False)
     if as_json:
-        payload = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "images": [vars(i) for i in r.images]} for r in results}
-        typer.echo(json.dumps({"model": model, "scale": scale, "datasets": payload}, indent=2))
+        payload = {}
+        for track in tracks:
+            r = track["model"]
+            payload[r.name] = {"psnr": r.psnr, "ssim": r.ssim, "grid": r.grid, "images": [vars(i) for i in r.images]}
+            if "bicubic" in track:
+                b = track["bicubic"]
+                payload[r.name]["bicubic"] = {"psnr": b.psnr, "ssim": b.ssim, "grid": b.grid, "images": [vars(i) for i in b.images]}
+        head = {"model": model, "scale": scale} | ({"degrade": damage.spec(), "seed": seed} if damage is not None else {})
+        typer.echo(json.dumps({**head, "datasets": payload}, indent=2))
         return
-    table = Table(title=f"{model} x{scale} (Y channel, border {scale})")
-    for column in ("dataset", "image", "PSNR dB", "SSIM"):
+    title = f"{model} x{scale} (Y channel, border {scale})" + (f", input {damage.spec()} (seed {seed})" if damage is not None else "")
+    table = Table(title=title)
+    columns = ["dataset", "image", "PSNR dB", "SSIM", "grid"]
+    columns += ["bicubic dB", "bicubic SSIM", "bicubic grid", "gain dB"] if damage is not None else []
+    for column in columns:
         table.add_column(column)
-    for result in results:
-        for image in result.images:
-            table.add_row(result.name, image.name, f"{image.psnr:.2f}", f"{image.ssim:.4f}")
-        table.add_row(f"[bold]{result.name}[/]", "[bold]mean[/]", f"[bold]{result.psnr:.2f}[/]", f"[bold]{result.ssim:.4f}[/]")
+    for track in tracks:
+        r, b = track["model"], track.get("bicubic")
+        rows = [(i.name, i, b.images[n] if b else None) for n, i in enumerate(r.images)]
+        for name, image, base in [*rows, ("mean", r, b)]:
+            cells = [f"{image.psnr:.2f}", f"{image.ssim:.4f}", f"{image.grid:.2f}"]
+            if base is not None:
+                cells += [f"{base.psnr:.2f}", f"{base.ssim:.4f}", f"{base.grid:.2f}", f"{image.psnr - base.psnr:+.2f}"]
+            if name == "mean":
+                table.add_row(f"[bold]{r.name}[/]", "[bold]mean[/]", *(f"[bold]{c}[/]" for c in cells))
+            else:
+                table.add_row(r.name, name, *cells)
     Console().print(table)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Each image's own noise stream, derived (torch keeps only 32 bits of a seed)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def check_writable(target: Path) -> None:

@@ -51,7 +51,7 @@ def train(
     stage: Annotated[Stage, typer.Option(help="pixel: a generator on a pixel loss; gan: SRGAN's adversarial stage from --init.")] = Stage.pixel,
     arch: Annotated[str, typer.Option(help="Architecture: srresnet, edsr or compact (gan: taken from --init).")] = "srresnet",
     loss: Annotated[Loss | None, typer.Option(help="Pixel loss [default: the architecture's paper recipe].")] = None,
-    init: Annotated[Path | None, typer.Option(help="gan: the pixel-stage generator to start from, e.g. PIXEL_RUN/last.safetensors.")] = None,
+    init: Annotated[Path | None, typer.Option(help="The generator to start from, e.g. PIXEL_RUN/last.safetensors (gan: required; pixel: fine-tunes it, its architecture and scale replace --arch, --scale, --param).")] = None,
     vgg: Annotated[Path | None, typer.Option(help="gan: torchvision's VGG19 ImageNet weights, vgg19-dcbb9e9d.pth (or a .safetensors of it).")] = None,
     content: Annotated[Content, typer.Option(help="gan: content loss on VGG19 features phi5,4 or phi2,2, or pixel MSE.")] = Content.vgg54,
     adv_weight: Annotated[float, typer.Option(help="gan: weight of the adversarial loss -log D(G(LR)).")] = 1e-3,

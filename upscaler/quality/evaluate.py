@@ -1,9 +1,12 @@
-"""Scoring on paired datasets (HR/ + LR_bicubic/X{scale}/), on the published protocol."""
+"""Scoring on paired datasets (HR/ + LR_bicubic/X{scale}/), on the published protocol.
+
+The damaged tracks make each LR from its HR instead: MATLAB-bicubic down, then a caller's damage
+(JPEG, noise, blur), and score bicubic upscaling of the same LR beside the model."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,12 @@ from safetensors.torch import save
 
 from upscaler.io.files import write_atomically
 from upscaler.io.images import Picture, PictureError, read_picture
-from upscaler.quality.metrics import psnr_y, ssim_y
+from upscaler.quality.metrics import jpeg_grid, psnr_y, ssim_y
 from upscaler.quality.resize import imresize
 
 # uint8 HxW (gray) or HxWx3 in, uint8 of the same kind at `scale` times the size out.
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
+Pairs = Iterable[tuple[str, np.ndarray, np.ndarray]]  # (name, LR, HR)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ImageScore:
     name: str
     psnr: float
     ssim: float
+    grid: float  # jpeg_grid of the output: 1.0 draws no 8x8 block grid
 
 
 @dataclass
@@ -41,6 +46,10 @@ class DatasetScore:
     @property
     def ssim(self) -> float:
         return float(np.mean([s.ssim for s in self.images]))
+
+    @property
+    def grid(self) -> float:
+        return float(np.mean([s.grid for s in self.images]))
 
 
 def read_named(path: Path) -> Picture:
@@ -86,26 +95,44 @@ def dataset_pairs(folder: Path, scale: int) -> Iterator[tuple[str, np.ndarray, n
         yield hr_path.name, lr, hr[: h * scale, : w * scale]
 
 
+def damaged_pairs(folder: Path, scale: int, damage: Callable[[np.ndarray, int], np.ndarray]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR, HR) with LR = damage(MATLAB-bicubic x`scale` down of HR, quantised to 8 bits, image index)."""
+    hr_paths = sorted((folder / "HR").glob("*.png"))
+    if not hr_paths:
+        raise FileNotFoundError(f"{folder}: expected HR/*.png")
+    for index, hr_path in enumerate(hr_paths):
+        hr = read_benchmark_image(hr_path)
+        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+        yield hr_path.name, damage(bicubic_resize(hr, 1 / scale), index), hr
+
+
+def score_pairs(upscalers: dict[str, UpscaleFn], pairs: Pairs, dataset: str, scale: int) -> dict[str, DatasetScore]:
+    """Every upscaler on the same LR images, so a baseline sees exactly the model's input."""
+    scores: dict[str, list[ImageScore]] = {key: [] for key in upscalers}
+    for name, lr, hr in pairs:
+        for key, upscale in upscalers.items():
+            sr = upscale(lr)
+            if sr.shape != hr.shape:
+                raise ValueError(f"{dataset}/{name}: output {sr.shape} but reference {hr.shape}")
+            scores[key].append(ImageScore(name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), jpeg_grid(sr)))
+    return {key: DatasetScore(dataset, images) for key, images in scores.items()}
+
+
 def score_dataset(upscale: UpscaleFn, folder: Path, scale: int) -> DatasetScore:
-    scores = []
-    for name, lr, hr in dataset_pairs(folder, scale):
-        sr = upscale(lr)
-        if sr.shape != hr.shape:
-            raise ValueError(f"{folder.name}/{name}: output {sr.shape} but reference {hr.shape}")
-        scores.append(ImageScore(name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
-    return DatasetScore(folder.name, scores)
+    return score_pairs({"model": upscale}, dataset_pairs(folder, scale), folder.name, scale)["model"]
+
+
+def bicubic_resize(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """MATLAB imresize of uint8 pixels (gray stays gray), rounded back to uint8."""
+    planes = torch.from_numpy(np.array(pixels, dtype=np.float64))
+    planes = planes if pixels.ndim == 2 else planes.permute(2, 0, 1)
+    out = imresize(planes, factor).round().clamp(0, 255).byte()
+    return (out if pixels.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
 
 def bicubic_upscaler(scale: int) -> UpscaleFn:
     """The MATLAB bicubic baseline, the `bicubic` row of the published tables (gray stays gray)."""
-
-    def run(lr: np.ndarray) -> np.ndarray:
-        planes = torch.from_numpy(np.array(lr, dtype=np.float64))
-        planes = planes if lr.ndim == 2 else planes.permute(2, 0, 1)
-        out = imresize(planes, scale).round().clamp(0, 255).byte()
-        return (out if lr.ndim == 2 else out.permute(1, 2, 0)).numpy()
-
-    return run
+    return lambda lr: bicubic_resize(lr, scale)
 
 
 def picture_upscaler(upscale_picture: Callable[[Picture], Picture]) -> UpscaleFn:

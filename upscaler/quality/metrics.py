@@ -52,3 +52,30 @@ def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
     cov = F.conv2d(a * b, window) - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(ssim_map.mean())
+
+
+def jpeg_grid(output: np.ndarray, period: int = 32, scale_period: int = 4) -> float:
+    """How strongly an x4 output draws the 8x8 block grid of a JPEG LR: 1.0 is no grid at all.
+
+    On Y, the mean |horizontal difference| of each column plus the mean |vertical difference| of
+    each row, folded by position mod `period` (8 LR pixels at x4; position 31 is the step from
+    the last pixel of a block to the first of the next). The figure is the largest, over the
+    positions around the block edge (29, 30, 31, 0, 1), of the profile divided by the median of
+    the positions with the same value mod `scale_period` that lie more than 3 away from 31: the
+    pixel shuffle has a period of its own, which this compares like with like.
+    """
+    y = luma(output)
+    columns = np.abs(np.diff(y, axis=1)).mean(axis=0)
+    rows = np.abs(np.diff(y, axis=0)).mean(axis=1)
+    profile = np.zeros(period)
+    for series in (columns, rows):
+        positions = np.arange(series.size) % period
+        profile += np.bincount(positions, weights=series, minlength=period) / np.maximum(
+            np.bincount(positions, minlength=period), 1)
+    edge = period - 1
+    ratios = []
+    for k in (edge - 2, edge - 1, edge, 0, 1):
+        far = [j for j in range(period)
+               if j % scale_period == k % scale_period and min(abs(j - edge), period - abs(j - edge)) > 3]
+        ratios.append(profile[k] / max(float(np.median(profile[far])), 1e-12))
+    return float(max(ratios))

@@ -20,7 +20,7 @@ import torch
 from upscaler.io.images import SUFFIX_FORMATS
 from upscaler.quality.evaluate import read_named, to_uint8
 from upscaler.quality.resize import imresize
-from upscaler.train.degradations import Draw, RealWorldSettings, degrade_realworld, unsharp_mask
+from upscaler.train.degradations import Draw, RealWorldSettings, degrade_realworld, random_damage, unsharp_mask
 
 DEGRADATIONS = ("bicubic", "realworld")
 
@@ -87,15 +87,23 @@ class PatchSampler:
         return self._augment(lr.contiguous(), hr.contiguous())
 
     def _realworld_batch(self, size: int, settings: RealWorldSettings) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops inside the unpadded image, each degraded on its own draw of the high-order model."""
+        """Crops inside the unpadded image, each degraded on its own draw of the high-order model
+        (or, with `direct_prob`, of the direct path: bicubic down from the crop's context, then damage)."""
         draw = Draw(self.generator)
         lrs, hrs = [], []
+        m = self.margin
         for _ in range(size):
             image = self.images[self._randint(len(self.images))]
-            top = self.margin + self._randint(image.shape[1] - 2 * self.margin - self.patch + 1)
-            left = self.margin + self._randint(image.shape[2] - 2 * self.margin - self.patch + 1)
+            top = m + self._randint(image.shape[1] - 2 * m - self.patch + 1)
+            left = m + self._randint(image.shape[2] - 2 * m - self.patch + 1)
             hr = image[:, top : top + self.patch, left : left + self.patch].float() / 255
-            lrs.append(degrade_realworld(hr, self.scale, settings, draw))
+            if settings.direct_prob > 0 and draw.chance(settings.direct_prob):
+                wide = image[:, top - m : top + self.patch + m, left - m : left + self.patch + m].float() / 255
+                lr_margin = m // self.scale
+                lr = degrade(wide, self.scale)[:, lr_margin:-lr_margin, lr_margin:-lr_margin]
+                lrs.append(random_damage(draw, settings).apply(lr.contiguous(), draw))
+            else:
+                lrs.append(degrade_realworld(hr, self.scale, settings, draw))
             hrs.append(unsharp_mask(hr) if settings.usm_target else hr)
         return self._augment(torch.stack(lrs), torch.stack(hrs))
 

@@ -58,6 +58,16 @@ class RealWorldSettings:
     jpeg_range2: tuple[float, float] = (30.0, 95.0)
     final_sinc_prob: float = 0.8
     usm_target: bool = False  # Real-ESRGAN sharpens the HR target with unsharp masking (radius 50, weight 0.5)
+    # Not Real-ESRGAN's: this share of crops takes the direct path instead, MATLAB-bicubic down, then
+    # (each with its probability) Gaussian blur, colour Gaussian noise and JPEG at the low resolution,
+    # the order `upscale eval --degrade` uses, so light damage and clean inputs are seen as they come.
+    direct_prob: float = 0.0
+    direct_blur_prob: float = 0.2
+    direct_blur_sigma: tuple[float, float] = (0.3, 1.5)
+    direct_noise_prob: float = 0.5
+    direct_noise_range: tuple[float, float] = (1.0, 10.0)
+    direct_jpeg_prob: float = 0.7
+    direct_jpeg_range: tuple[float, float] = (30.0, 95.0)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RealWorldSettings:
@@ -247,11 +257,12 @@ def poisson_noise(draw: Draw, image: torch.Tensor, scale: float, gray: bool) -> 
 
 
 def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """Through libjpeg at `quality` (Pillow's defaults: 4:2:0 chroma), back to float."""
+    """(3 or 1, H, W) through libjpeg at `quality` (Pillow's defaults: 4:2:0 chroma), back to float."""
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="JPEG", quality=quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    decoded = decoded[..., None] if decoded.ndim == 2 else decoded
     return torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 255
 
 
@@ -269,6 +280,72 @@ def unsharp_mask(image: torch.Tensor, weight: float = 0.5, radius: int = 50, thr
     soft = filter2d(mask, kernel)
     sharp = (image + weight * residual).clamp(0, 1)
     return soft * sharp + (1 - soft) * image
+
+
+@dataclass(frozen=True)
+class LowResDamage:
+    """What the direct path and `upscale eval --degrade` do to a bicubic LR, in this order; 0 skips a step."""
+
+    blur_sigma: float = 0.0
+    noise_sigma: float = 0.0  # on the 0..255 scale, independent per colour channel
+    jpeg_quality: int = 0
+
+    def apply(self, lr: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """(3, h, w) float LR -> the damaged LR, quantised to 8 bits as a saved file would be."""
+        out = lr
+        if self.blur_sigma > 0:
+            size = 2 * math.ceil(3 * self.blur_sigma) + 1
+            out = filter2d(out, gaussian_kernel(size, self.blur_sigma, self.blur_sigma, 0.0))
+        if self.noise_sigma > 0:
+            out = gaussian_noise(draw, out, self.noise_sigma, gray=False)
+        out = (out.clamp(0, 1) * 255).round() / 255
+        return jpeg(out, self.jpeg_quality) if self.jpeg_quality > 0 else out
+
+
+    def apply_uint8(self, lr: np.ndarray, seed: int) -> np.ndarray:
+        """The same on uint8 HxW or HxWx3 pixels, its noise drawn from `seed`."""
+        planes = torch.from_numpy(lr.astype(np.float32) / 255)
+        planes = planes[None] if lr.ndim == 2 else planes.permute(2, 0, 1)
+        out = self.apply(planes, Draw(torch.Generator().manual_seed(seed)))
+        out = (out * 255).round().clamp(0, 255).to(torch.uint8)
+        return (out[0] if lr.ndim == 2 else out.permute(1, 2, 0)).numpy()
+
+    @classmethod
+    def parse(cls, spec: str) -> LowResDamage:
+        """`jpeg:50`, `noise:5`, `blur:1.2` or several joined by `+` (`jpeg:75+noise:3`); `clean` is none.
+
+        The steps always run blur, noise, JPEG, whatever the order written: sensor noise comes
+        before the encoder in every real picture.
+        """
+        if spec == "clean":
+            return cls()
+        values: dict[str, float] = {}
+        for part in spec.split("+"):
+            name, _, number = part.partition(":")
+            key = {"blur": "blur_sigma", "noise": "noise_sigma", "jpeg": "jpeg_quality"}.get(name)
+            try:
+                value = float(number)
+            except ValueError:
+                value = -1.0
+            if key is None or key in values or value <= 0 or (key == "jpeg_quality" and not (value.is_integer() and value <= 100)):
+                raise ValueError(f"--degrade {spec!r}: steps are blur:SIGMA, noise:SIGMA (0-255 scale) and "
+                                 "jpeg:QUALITY (1-100), each once, joined by +; or clean")
+            values[key] = value
+        return cls(values.get("blur_sigma", 0.0), values.get("noise_sigma", 0.0), int(values.get("jpeg_quality", 0)))
+
+    def spec(self) -> str:
+        steps = [f"blur:{self.blur_sigma:g}"] if self.blur_sigma else []
+        steps += [f"noise:{self.noise_sigma:g}"] if self.noise_sigma else []
+        steps += [f"jpeg:{self.jpeg_quality}"] if self.jpeg_quality else []
+        return "+".join(steps) or "clean"
+
+
+def random_damage(draw: Draw, s: RealWorldSettings) -> LowResDamage:
+    """One draw of the direct path's steps."""
+    blur = draw.uniform(*s.direct_blur_sigma) if draw.chance(s.direct_blur_prob) else 0.0
+    noise = draw.uniform(*s.direct_noise_range) if draw.chance(s.direct_noise_prob) else 0.0
+    quality = round(draw.uniform(*s.direct_jpeg_range)) if draw.chance(s.direct_jpeg_prob) else 0
+    return LowResDamage(blur, noise, quality)
 
 
 def _noise(draw: Draw, image: torch.Tensor, gaussian_prob: float, sigma: tuple[float, float],

@@ -7,7 +7,6 @@ discriminator is trained on real HR crops against this step's generator output.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.engine.devices import channels_last
-from upscaler.models.weights import load_model
 from upscaler.train.discriminator import Discriminator
 from upscaler.train.distributed import World
 from upscaler.train.trainer import NEEDS_INIT, TrainConfig, Trainer
-from upscaler.train.vgg import HOW_TO_GET, ContentLoss, file_sha256, load_vgg19
+from upscaler.train.vgg import HOW_TO_GET, ContentLoss, load_vgg19
 
 
 def content_criterion(config: TrainConfig) -> nn.Module:
@@ -36,11 +34,6 @@ class GanTrainer(Trainer):
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, world: World | None = None) -> None:
         if not config.init:
             raise ValueError(NEEDS_INIT)
-        self.init = load_model(config.init)
-        card = self.init.card
-        # The generator is the init model: its architecture, hyper-parameters and scale.
-        config = replace(config, arch=card.arch, scale=card.scale,
-                         arch_params={k: v for k, v in card.arch_params.items() if k != "scale"}).with_recipe_defaults()
         self.content_loss = content_criterion(config)  # a wrong --vgg fails before the data is read
         super().__init__(config, run_dir, device, world)
         self.content_loss.to(self.device)
@@ -48,9 +41,6 @@ class GanTrainer(Trainer):
         self.ddp_discriminator = self.world.wrap(self.discriminator, self.device)
         self.d_optimizer, self.d_scheduler = self.optimize(self.discriminator)
         self.d_scaler = self.grad_scaler()
-
-    def build_generator(self) -> nn.Module:
-        return self.init.module
 
     def replicas(self) -> dict[str, nn.Module]:
         return {**super().replicas(), "discriminator": self.discriminator}
@@ -81,8 +71,6 @@ class GanTrainer(Trainer):
             "content": c.content,
             "adv_weight": c.adv_weight,
             "discriminator": "ledig2017-fig4",
-            "init": c.init,
-            "init_sha256": file_sha256(Path(self.init.source)),
             "vgg": Path(c.vgg).name if c.vgg and c.content != "mse" else None,
         }
 

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ from upscaler.engine.devices import channels_last, cpu_name
 from upscaler.engine.engine import open_engine
 from upscaler.engine.settings import RunSettings
 from upscaler.models import get_architecture
-from upscaler.models.weights import LoadedModel, ModelCard, save_model
+from upscaler.models.weights import LoadedModel, ModelCard, load_model, save_model
 from upscaler.quality.evaluate import picture_upscaler, score_dataset
 from upscaler.train.data import DEGRADATIONS, PatchSampler, Prefetcher
 from upscaler.train.degradations import RealWorldSettings
 from upscaler.train.distributed import World, parameters_digest
+from upscaler.train.vgg import file_sha256
 
 # Paper defaults per architecture: (loss, learning rate, schedule).
 RECIPES: dict[str, tuple[str, float, str]] = {
@@ -68,7 +69,7 @@ class TrainConfig:
     amp: bool = False
     arch_params: dict[str, Any] = field(default_factory=dict)
     stage: str = "pixel"
-    init: str | None = None  # gan: the pixel-stage generator it starts from
+    init: str | None = None  # the generator to start from (gan: required; pixel: fine-tune it)
     vgg: str | None = None  # gan: torchvision's VGG19 weights for the content loss
     content: str = "vgg54"
     adv_weight: float = 1e-3
@@ -90,6 +91,8 @@ class TrainConfig:
             assert self.init is not None
             words += ["--stage", "gan", "--init", self.init, "--content", self.content, "--adv-weight", f"{self.adv_weight:g}"]
             words += ["--vgg", self.vgg] if self.vgg else []
+        elif self.init:
+            words += ["--init", self.init, "--loss", self.loss]
         else:
             words += ["--arch", self.arch, "--loss", self.loss, "--scale", str(self.scale)]
         words += ["--patch", str(self.patch), "--batch", str(self.batch), "--steps", str(self.steps),
@@ -100,7 +103,7 @@ class TrainConfig:
         if self.degradation != "bicubic":
             words += ["--degradation", self.degradation]
             words += [f"--degradation-param {k}={json.dumps(v)}" for k, v in self.degradation_params.items()]
-        if self.stage == "pixel":
+        if self.stage == "pixel" and not self.init:
             words += [f"--param {k}={json.dumps(v)}" for k, v in self.arch_params.items()]
         return " ".join(words)
 
@@ -175,6 +178,11 @@ def hardware_description(device: torch.device) -> str:
 
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, world: World | None = None) -> None:
+        self.init = load_model(config.init) if config.init else None
+        if self.init is not None:  # the generator is the init model: its architecture, hyper-parameters and scale
+            card = self.init.card
+            config = replace(config, arch=card.arch, scale=card.scale,
+                             arch_params={k: v for k, v in card.arch_params.items() if k != "scale"})
         self.config = config.with_recipe_defaults()
         self.run_dir, self.device = run_dir, device
         self.world = world or World()
@@ -193,6 +201,8 @@ class Trainer:
         self.train_time = 0.0  # seconds spent training, summed over resumed legs
 
     def build_generator(self) -> nn.Module:
+        if self.init is not None:
+            return self.init.module
         c = self.config
         return get_architecture(c.arch).build(scale=c.scale, **c.arch_params)
 
@@ -283,6 +293,8 @@ class Trainer:
             "degradation": "matlab-bicubic" if c.degradation == "bicubic" else
                            {"realworld": asdict(RealWorldSettings.from_params(c.degradation_params))},
             "seed": c.seed,
+            "init": c.init,
+            "init_sha256": file_sha256(Path(self.init.source)) if self.init is not None else None,
             "wall_time_s": round(self.train_time, 1),
             "device": str(self.device),
             "hardware": hardware_description(self.device),
