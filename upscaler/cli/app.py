@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "`ffmpeg -i IN -f yuv4mpegpipe - | upscale pipe | ffmpeg -f yuv4mpegpipe -i - OUT`."),
     "models": ("models", "List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."),
     "import": ("models", "Check a foreign model and keep it in the user model folder, so `--model NAME` finds it."),
-    "eval": ("evaluate", "PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale)."),
+    "eval": ("evaluate", "PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale), and the JPEG grid."),
     "compile": ("compile", "Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape."),
     "bench": ("bench", "Latency (p50/p95) and throughput of the whole frame path on frames of one size."),
     "train": ("train", "Train a generator: a pixel loss (SRResNet on MSE, EDSR on L1), then SRGAN's adversarial stage."),
