@@ -400,7 +400,7 @@ def test_import_converts_lists_and_serves_by_name(tmp_path: Path, runner: CliRun
     listing = runner.invoke(app, ["models", "--json"])
     assert listing.exit_code == 0, listing.output
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
-    assert rows["default"]["kind"] == "built-in" and rows["default"]["descriptor"]["arch"] == "compact"
+    assert rows["photo"]["kind"] == "built-in" and rows["photo"]["descriptor"]["arch"] == "compact"
     row = rows["RealESRGAN_x2plus"]
     assert row["kind"] == "imported" and row["arch"] == "rrdbnet" and row["scale"] == 2
     assert row["descriptor"]["size_multiple"] == 2 and row["descriptor"]["sha256"] == hashlib.sha256(imported.read_bytes()).hexdigest()
@@ -415,8 +415,9 @@ def test_import_converts_lists_and_serves_by_name(tmp_path: Path, runner: CliRun
 
     again = runner.invoke(app, ["import", str(source)])
     assert again.exit_code == 2 and "already imported" in again.output
-    builtin = runner.invoke(app, ["import", str(source), "--name", "default"])
-    assert builtin.exit_code == 2 and "built-in" in builtin.output
+    for taken in ("default", "photo", "clean"):
+        builtin = runner.invoke(app, ["import", str(source), "--name", taken])
+        assert builtin.exit_code == 2 and "built-in" in builtin.output, taken
 
 
 def test_user_model_folder_follows_the_platform_convention(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ def test_models_lists_the_good_and_names_the_bad(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("UPSCALER_MODELS", str(library))
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0
-    assert {row["name"] for row in json.loads(result.stdout)} == {"default", "mine"}
+    assert {row["name"] for row in json.loads(result.stdout)} == {"clean", "photo", "mine"}
     assert "warning: skipped" in result.stderr and "broken.safetensors" in result.stderr
 
 

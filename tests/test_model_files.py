@@ -211,12 +211,13 @@ def test_imported_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.M
     assert list(user_models(folder).items()) == [("a", folder / "a.onnx"), ("b", folder / "b.safetensors")]
     monkeypatch.setenv("UPSCALER_MODELS", str(folder))
     assert resolve_model_path("b") == folder / "b.safetensors"
-    assert resolve_model_path("default").name == "default.safetensors"
+    assert resolve_model_path("default") == resolve_model_path("photo") and resolve_model_path("photo").name == "photo.safetensors"
+    assert resolve_model_path("clean").name == "clean.safetensors"
     assert resolve_model_path(str(folder / "b.safetensors")) == folder / "b.safetensors"
     with pytest.raises(ModelError, match=r"^model '.*models': not a file$"):
         resolve_model_path(str(folder))
     with pytest.raises(FileNotFoundError, match=r"^model 'zzz': no such file and no built-in model of that name "
-                                                r"\(built-in: default; imported: a, b in .*models\)"):
+                                                r"\(built-in: clean, photo, default = photo; imported: a, b in .*models\)"):
         resolve_model_path("zzz")
 
 

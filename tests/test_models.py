@@ -64,10 +64,16 @@ def test_models_command_lists_the_builtin_with_its_scores() -> None:
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    default = rows["default"]
-    assert default["scale"] == 4 and default["arch"] == "compact"
-    assert default["parameters"] > 10_000 and default["macs_per_input_pixel"] > 10_000
-    assert default["scores"]["Set5"]["psnr"] >= 30.8 and default["scores"]["Set14"]["psnr"] >= 27.6
-    assert default["recipe"]["data"] == "train290" and default["recipe"]["command"].startswith("upscale train")
-    table = CliRunner().invoke(app, ["models"])
-    assert "default" in table.output and "Set5" in table.output
+    clean, photo = rows["clean"], rows["photo"]
+    assert clean["aliases"] == [] and photo["aliases"] == ["default"]
+    for row in (clean, photo):
+        assert row["kind"] == "built-in" and row["scale"] == 4 and row["arch"] == "compact"
+        assert row["parameters"] > 10_000 and row["macs_per_input_pixel"] <= 650_000
+        assert row["recipe"]["data"] == "train290" and row["recipe"]["command"].startswith("upscale train")
+    assert clean["scores"]["Set5"]["psnr"] >= 30.8 and clean["scores"]["Set14"]["psnr"] >= 27.6
+    assert "realworld" in photo["recipe"]["degradation"] and photo["recipe"]["init"].endswith("clean-init.safetensors")
+    assert len(photo["recipe"]["init_sha256"]) == 64
+    assert photo["scores"]["Set14 jpeg:50"]["psnr"] > clean["scores"]["Set14 jpeg:50"]["psnr"]
+    assert photo["scores"]["Set14 jpeg:50"]["grid"] < clean["scores"]["Set14 jpeg:50"]["grid"]
+    table = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert "photo (default)" in table.output and "Set14 jpeg:50" in table.output

@@ -66,8 +66,8 @@ def test_a_model_made_in_memory_measures_its_descriptor() -> None:
     assert module.training  # measuring it changed nothing
 
 
-def test_builtin_default_keeps_loading_with_its_scores() -> None:
-    loaded = load_model("default")
+def test_builtin_clean_keeps_loading_with_its_scores() -> None:
+    loaded = load_model("clean")
     assert loaded.card.scores["Set5"]["psnr"] == 31.502 and loaded.card.scores["Set14"]["psnr"] == 28.034
     assert loaded.descriptor.arch == "compact" and loaded.descriptor.parameters == 292_320
     assert loaded.digest == loaded.descriptor.sha256 and len(loaded.digest) == 64

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from upscaler.models.descriptor import ModelDescriptor
     from upscaler.models.weights import ModelCard
 
+# The track `upscale models` shows beside the clean ones: what a JPEG photo at the web's usual quality gets.
+DAMAGED_TRACK = "Set14 jpeg:50"
+
 ModelsDirOption = Annotated[
     Path | None,
     typer.Option("--models-dir", help="User model folder [default: $UPSCALER_MODELS, else the platform's data folder].", show_default=False),
@@ -29,7 +32,7 @@ def list_models(
     models_dir: ModelsDirOption = None,
 ) -> None:
     """List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."""
-    from upscaler.models.weights import builtin_models, user_models, user_models_dir
+    from upscaler.models.weights import BUILTIN_ALIASES, builtin_models, user_models, user_models_dir
 
     found = [("built-in", name, path) for name, path in sorted(builtin_models().items())]
     found += [("imported", name, path) for name, path in user_models(models_dir or user_models_dir()).items()]
@@ -41,7 +44,8 @@ def list_models(
             console.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
             continue
         rows.append({
-            "name": name, "kind": kind, "arch": card.arch, "arch_params": card.arch_params,
+            "name": name, "kind": kind, "aliases": [a for a, n in BUILTIN_ALIASES.items() if kind == "built-in" and n == name],
+            "arch": card.arch, "arch_params": card.arch_params,
             "scale": d.scale, "parameters": d.parameters, "macs_per_input_pixel": round(d.macs_per_input_pixel),
             "scores": card.scores, "recipe": card.recipe, "path": str(path),
             "provenance": card.provenance, "descriptor": d.to_json(),
@@ -50,12 +54,15 @@ def list_models(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"models: built-in, then imported from {models_dir or user_models_dir()}")
-    for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM"):
+    for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM", f"{DAMAGED_TRACK} PSNR/grid"):
         table.add_column(column)
     for row in rows:
         scores = [row["scores"].get(d) for d in ("Set5", "Set14")]
         cells = [f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-" for s in scores]
-        table.add_row(row["name"], row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
+        damaged = row["scores"].get(DAMAGED_TRACK)
+        cells.append(f"{damaged['psnr']:.2f} / {damaged['grid']:.2f}" if damaged and "grid" in damaged else "-")
+        name = " ".join([row["name"], *(f"({a})" for a in row["aliases"])])
+        table.add_row(name, row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
     Console().print(table)
 
 

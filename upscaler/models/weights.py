@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # torch loads where a model is opened, never for the names an
 
 FORMAT = "upscaler/1"
 DEFAULT_MODEL = "default"
+# `default` names what most inputs need: JPEG photos and compressed video, not clean bicubic LR.
+BUILTIN_ALIASES = {DEFAULT_MODEL: "photo"}
 MODELS_ENV = "UPSCALER_MODELS"
 
 
@@ -149,7 +151,7 @@ def save_model(module: nn.Module, card: ModelCard, path: Path, descriptor: Model
 
 
 def builtin_models() -> dict[str, Path]:
-    """Weights shipped inside the package, by name."""
+    """Weights shipped inside the package, by name (aliases such as `default` apart: see BUILTIN_ALIASES)."""
     folder = resources.files("upscaler") / "weights"
     return {
         Path(entry.name).stem: Path(str(entry))
@@ -182,8 +184,8 @@ def user_models(folder: Path | None = None) -> dict[str, Path]:
 def resolve_model_path(spec: str) -> Path:
     """A built-in name, an imported model's name, or a path to a model file."""
     builtin = builtin_models()
-    if spec in builtin:
-        return builtin[spec]
+    if BUILTIN_ALIASES.get(spec, spec) in builtin:
+        return builtin[BUILTIN_ALIASES.get(spec, spec)]
     imported = user_models()
     if spec in imported:
         return imported[spec]
@@ -192,7 +194,7 @@ def resolve_model_path(spec: str) -> Path:
         return path
     if path.exists():
         raise ModelError(f"model {spec!r}: not a file")
-    names = ", ".join(sorted(builtin)) or "none"
+    names = ", ".join(sorted(builtin) + [f"{a} = {n}" for a, n in BUILTIN_ALIASES.items()]) or "none"
     raise FileNotFoundError(
         f"model {spec!r}: no such file and no built-in model of that name (built-in: {names}; "
         f"imported: {', '.join(sorted(imported)) or 'none'} in {user_models_dir()})"
