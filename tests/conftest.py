@@ -21,7 +21,7 @@ from upscaler.models.descriptor import ModelDescriptor
 from upscaler.models.weights import LoadedModel, ModelCard, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "upscaler" / "examples"
 DATASETS = Path(os.environ.get("UPSCALER_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -33,10 +33,6 @@ def dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     return path
-
-
-def example_photos() -> list[Path]:
-    return sorted(p for p in EXAMPLES.iterdir() if p.suffix in {".png", ".jpg"})
 
 
 def photo_array(name: str = "astronaut.png") -> np.ndarray:

@@ -27,10 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dir": ("upscale", "Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder."),
     "image": ("upscale", "Upscale one image; `upscale image - -o - --format png` works in a pipeline."),
     "video": ("video", "Upscale a video: audio, subtitles and attachments copied, timestamps, colour and rotation kept."),
-    "pipe": ("video", "Upscale frames from stdin to stdout: "
-                      "`ffmpeg -i IN -f yuv4mpegpipe - | upscale pipe | ffmpeg -f yuv4mpegpipe -i - OUT`."),
+    "pipe": ("video", ("Upscale frames from stdin to stdout: "
+                       "`ffmpeg -i IN -f yuv4mpegpipe - | upscale pipe | ffmpeg -f yuv4mpegpipe -i - OUT`.")),
     "models": ("models", "List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."),
     "import": ("models", "Check a foreign model and keep it in the user model folder, so `--model NAME` finds it."),
+    "compare": ("compare", "A comparison sheet: the input (nearest x4), bicubic and each model, the same crops side by side, labelled."),
     "eval": ("evaluate", "PSNR/SSIM per image and mean, on the published protocol (Y channel, border = scale), and the JPEG grid."),
     "compile": ("compile", "Compile a model into an FP16 TensorRT engine, cached per model, GPU, TensorRT version and tile shape."),
     "bench": ("bench", "Latency (p50/p95) and throughput of the whole frame path on frames of one size."),

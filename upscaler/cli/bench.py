@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from upscaler.cli.app import app, fail
-from upscaler.cli.compile import _probe_pixels
 from upscaler.cli.options import run_options
 from upscaler.engine.settings import RunSettings
 
@@ -31,6 +30,7 @@ def bench(
     """
     from upscaler.engine.bench import frame_from_photo, run_bench
     from upscaler.engine.engine import open_engine
+    from upscaler.io.examples import example_pixels
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -40,7 +40,7 @@ def bench(
         raise fail(f"--size {size}: give the frame size as WIDTHxHEIGHT, e.g. 960x540") from None
     try:
         engine = open_engine(settings)
-        frame = frame_from_photo(_probe_pixels(), width, height)
+        frame = frame_from_photo(example_pixels(), width, height)
         result = run_bench(engine, frame, frames, warmup, engine.model.descriptor.macs_per_input_pixel)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

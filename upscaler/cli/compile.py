@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -44,6 +43,7 @@ def compile_engine(
     from upscaler.compile.onnx import TileShape
     from upscaler.compile.trt.cache import EngineCache
     from upscaler.engine.tiling import check_overlap
+    from upscaler.io.examples import example_pixels
     from upscaler.models.weights import load_model
 
     if out.exists() and not out.is_dir():
@@ -57,7 +57,7 @@ def compile_engine(
         check_overlap(tile, overlap)
         loaded = load_model(model)
         request = CompileRequest(TileShape(batch, tile, layout), precision, out, workspace, opt_level)
-        result = compile_model(loaded, request, resolve_device(device), _probe_pixels())
+        result = compile_model(loaded, request, resolve_device(device), example_pixels())
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     console.print(f"onnx: {escape(printable(str(result.onnx)))}", highlight=False)
@@ -67,18 +67,6 @@ def compile_engine(
         raise fail("TensorRT is not installed: the engine build needs the `tensorrt` extra on an NVIDIA machine "
                    "(pip install 'upscaler[tensorrt]'); the ONNX file above is ready for trtexec or onnxruntime", 3)
     console.print(f"engine: {escape(printable(str(result.plan)))}{' (cached)' if result.cached else ''}", highlight=False)
-
-
-def _probe_pixels() -> np.ndarray:
-    """A real photo for the parity check (the checkout's first example), else a gradient."""
-    from upscaler.io.images import read_picture
-
-    examples = Path(__file__).resolve().parent.parent / "examples"
-    photos = sorted(examples.glob("*.png")) if examples.is_dir() else []
-    if photos:
-        return np.ascontiguousarray(np.atleast_3d(read_picture(photos[0]).color)[..., :3])
-    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3)
-    return ramp.astype(np.uint8)
 
 
 def _print_cache(cache: Any) -> None:

@@ -11,12 +11,16 @@ import inspect
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from upscaler.cli.app import fail
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_ENGINES, DEFAULT_OVERLAP, RunSettings, parse_tile
 from upscaler.models.weights import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
+    from upscaler.engine.engine import Engine
 
 
 class OutputFormat(str, Enum):
@@ -104,3 +108,13 @@ def settings_from(
         backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, compile=compile_model,
         memory_budget_mib=memory_budget, engines=engines,
     )
+
+
+def open_engine_or_fail(settings: RunSettings) -> Engine:
+    """The engine `settings` ask for, or one `error:` line (a missing or bad model, a setting the device refuses) and exit 2."""
+    from upscaler.engine.engine import open_engine
+
+    try:
+        return open_engine(settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(str(exc)) from None

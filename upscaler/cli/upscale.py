@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, printable, warn
-from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, run_options
+from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, open_engine_or_fail, run_options
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import (
     Job,
@@ -32,19 +32,9 @@ from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_pic
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
     from upscaler.cluster.ray_runner import ClusterRunner
-    from upscaler.engine.engine import Engine
     from upscaler.engine.pipeline import JobRunner, Outcome, Summary
 
 STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
-
-
-def _open_engine(settings: RunSettings) -> Engine:
-    from upscaler.engine.engine import open_engine
-
-    try:
-        return open_engine(settings)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
 
 
 def _prepare_output(folder: Path, recursive: bool) -> None:
@@ -233,7 +223,7 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) 
         picture = read_picture_bytes(sys.stdin.buffer.read()) if source == STDIO else read_picture(source)
     except (PictureError, OSError) as exc:
         raise fail(f"{name}: {exc}", EXIT_FAILED) from None
-    engine = _open_engine(settings)
+    engine = open_engine_or_fail(settings)
     if out != STDIO:
         _prepare_output(out.parent, recursive=False)
     started = time.perf_counter()

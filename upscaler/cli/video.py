@@ -18,8 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
-from upscaler.cli.options import ClusterOption, run_options
-from upscaler.engine.engine import Engine, open_engine
+from upscaler.cli.options import ClusterOption, open_engine_or_fail, run_options
 from upscaler.engine.settings import RunSettings
 
 _PIPE_BYTES = 1 << 20
@@ -46,13 +45,6 @@ class Matrix(str, Enum):
     bt709 = "bt709"
     bt601 = "bt601"
     bt2020 = "bt2020"
-
-
-def _open(settings: RunSettings) -> Engine:
-    try:
-        return open_engine(settings)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
 
 
 def _progress() -> Progress:
@@ -129,7 +121,7 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         plan = v.plan_segments(info, segment_seconds)
     except v.VideoError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    engine = _open(settings)
+    engine = open_engine_or_fail(settings)
     scale = engine.scale
     try:
         codec_name = v.choose_codec(codec.value, info.bits, engine.plan.device.type == "cuda")
@@ -268,7 +260,7 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
         width, height = header.width, header.height
     else:
         width, height = _parse_size(size)
-    engine = _open(settings)
+    engine = open_engine_or_fail(settings)
     scale = engine.scale
     out_dtype = np.uint16 if output_format is PipeFormat.rgb48 else np.uint8
     if header is not None:
