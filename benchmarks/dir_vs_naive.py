@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from upscaler.engine.engine import open_engine  # noqa: E402
-from upscaler.engine.pipeline import run_jobs  # noqa: E402
+from upscaler.jobs.pictures import run_jobs  # noqa: E402
 from upscaler.engine.settings import RunSettings  # noqa: E402
 from upscaler.io.files import Job, discover, output_format, target_path  # noqa: E402
 from upscaler.models import macs_per_input_pixel  # noqa: E402

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from upscaler.engine.bench import frame_from_photo, run_bench  # noqa: E402
 from upscaler.engine.devices import channels_last, cpu_name  # noqa: E402
 from upscaler.engine.engine import Engine, open_engine  # noqa: E402
-from upscaler.engine.pipeline import run_jobs  # noqa: E402
+from upscaler.jobs.pictures import run_jobs  # noqa: E402
 from upscaler.engine.settings import RunSettings  # noqa: E402
 from upscaler.io.files import Job, discover  # noqa: E402
 from upscaler.io.images import read_picture  # noqa: E402

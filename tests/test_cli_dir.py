@@ -89,7 +89,7 @@ def test_skip_existing_leaves_outputs_alone(runner: CliRunner, photos: Path, tin
 
 
 def test_a_failed_write_leaves_nothing_behind(runner: CliRunner, photos: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from upscaler.engine import pipeline
+    from upscaler.jobs import pictures as pipeline
 
     real_encode = pipeline.encode_picture
 

@@ -33,7 +33,7 @@ FAST = ["--tile", "64", "--overlap", "8", "--device", "cpu"]
 
 def die_on_crash_files() -> None:
     """Ray worker setup hook: reading `crash-once*` kills the worker process the first time, `crash-always*` every time."""
-    from upscaler.engine import pipeline
+    from upscaler.jobs import pictures as pipeline
 
     read = pipeline.read_picture
 

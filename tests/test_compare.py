@@ -105,8 +105,8 @@ def test_the_bundled_examples_are_found_from_an_installed_wheel(tmp_path: Path) 
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
-    found = subprocess.run([sys.executable, "-c", "from upscaler.io.examples import example_photos, example_pixels; "
-                            "print(example_photos()[0]); print(example_pixels().shape)"],
+    script = "from upscaler.io.examples import example_photos, example_pixels; print(example_photos()[0]); print(example_pixels().shape)"
+    found = subprocess.run([sys.executable, "-c", script],
                            check=True, capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     first, shape = found.stdout.splitlines()
     assert first == str(target / "upscaler" / "examples" / "astronaut.png") and shape == "(128, 128, 3)"

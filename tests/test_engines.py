@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -62,6 +63,7 @@ def _key(**changes: object) -> EngineKey:
     fields: dict[str, object] = {
         "model_digest": "a" * 64, "model_name": "default", "tile": 256, "batch": 4, "layout": "nhwc", "precision": "fp16",
         "tensorrt_version": "10.13.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+        "workspace_mib": 4096, "optimization_level": 3,
     }
     fields.update(changes)
     return EngineKey(**fields)  # type: ignore[arg-type]
@@ -70,7 +72,8 @@ def _key(**changes: object) -> EngineKey:
 def test_every_field_of_the_key_changes_the_engine_file() -> None:
     base = _key()
     variants = [_key(model_digest="b" * 64), _key(tile=192), _key(batch=2), _key(layout="nchw"), _key(precision="fp32"),
-                _key(tensorrt_version="11.0.0"), _key(gpu_name="NVIDIA H200"), _key(compute_capability="8.9")]
+                _key(tensorrt_version="11.0.0"), _key(gpu_name="NVIDIA H200"), _key(compute_capability="8.9"),
+                _key(workspace_mib=1024), _key(optimization_level=5)]
     stems = {base.stem, *(v.stem for v in variants)}
     assert len(stems) == 1 + len(variants)
     assert base.onnx_stem == _key(tensorrt_version="11.0.0", gpu_name="other").onnx_stem
@@ -81,6 +84,7 @@ def test_cache_round_trip_mismatch_and_refusals(tmp_path: Path) -> None:
     plan = cache.store(_key(), b"serialized plan bytes")
     assert cache.lookup(_key()) == plan.resolve()
     assert cache.lookup(_key(tensorrt_version="11.0.0")) is None  # mismatch: the caller rebuilds
+    assert cache.lookup(_key(optimization_level=0)) is None  # a plan built at level 3 never serves level 0
     assert cache.read_plan(plan) == b"serialized plan bytes"
     stray = tmp_path / "downloaded.plan"
     stray.write_bytes(b"serialized plan bytes")
@@ -340,3 +344,13 @@ def test_bench_size_that_is_not_width_by_height_is_one_usage_line(size: str) -> 
     result = CliRunner().invoke(app, ["bench", "--size", size, "--frames", "1", "--warmup", "0"])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: --size {size}: give the frame size as WIDTHxHEIGHT, e.g. 960x540"
+
+
+def test_a_manifest_entry_from_before_the_build_settings_joined_the_key_is_never_served(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path / "engines")
+    plan = cache.store(_key(), b"plan bytes")
+    manifest = json.loads((cache.folder / "manifest.json").read_text())
+    for entry in manifest["engines"]:
+        del entry["key"]["optimization_level"], entry["key"]["workspace_mib"]
+    (cache.folder / "manifest.json").write_text(json.dumps(manifest))
+    assert cache.entries() == [] and cache.lookup(_key()) is None and plan.is_file()

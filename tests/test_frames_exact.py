@@ -81,7 +81,7 @@ def test_tile_edges_get_no_weight(grid: str) -> None:
 def test_padding_reflects_or_replicates_as_numpy_does() -> None:
     """A 20x13 image under static 24-pixel tiles is padded first: by reflection where it can be, else by replication."""
     image = photo_array("coffee.png")[:20, :13].copy()
-    grid = lambda h, w: fixed_grid(h, w, 24, 4, fit=False)  # noqa: E731
+    grid = lambda h, w: fixed_grid(h, w, 24, 4, fit=False)
     out = upscaler(blur_then_nearest(2), grid)(Frame(torch.from_numpy(image))).color.numpy()
     reflected = np.pad(image, ((0, 4), (0, 11), (0, 0)), mode="reflect")
     assert np.array_equal(out, whole(blur_then_nearest(2), reflected)[:40, :26])
@@ -129,7 +129,7 @@ def test_alpha_is_run_as_gray_rgb_and_colour_is_unpremultiplied(gray: bool, k: t
     frames = upscaler(gains(2, k), GRIDS["fixed 32/8"], batch=3)
     out = frames(Frame(torch.from_numpy(color), torch.from_numpy(alpha)))
     assert out.alpha is not None and out.color.shape == ((60, 80) if gray else (60, 80, 3))
-    up = lambda x: x.astype(np.float64).repeat(2, 0).repeat(2, 1) / 255  # noqa: E731
+    up = lambda x: x.astype(np.float64).repeat(2, 0).repeat(2, 1) / 255
     a_in = up(alpha)
     a_out = np.clip(a_in * sum(k) / 3, 0, 1)  # the mean of the three alpha outputs
     assert np.abs(out.alpha.numpy().astype(int) - np.round(a_out * 255)).max() <= 1
@@ -299,7 +299,7 @@ def test_deferred_verdicts_wait_on_the_device_until_taken() -> None:
 
 
 def test_checked_is_the_same_model_checking_each_batch() -> None:
-    fallback = lambda: Broken(set())  # noqa: E731
+    fallback = lambda: Broken(set())
     deferred = ModelRunner(Broken({2}), torch.bfloat16, fallback, deferred=True)
     checked = deferred.checked()
     assert (checked.run, checked.dtype, checked.fallback, checked.deferred) == (deferred.run, torch.bfloat16, fallback, False)

@@ -270,7 +270,7 @@ def test_hyper_parameters_at_their_bounds_are_accepted() -> None:
 
 
 def test_registered_defaults_come_from_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "ARCHITECTURES", dict(registry.ARCHITECTURES))  # the probes vanish afterwards
+    monkeypatch.setattr(registry, "ARCHITECTURES", registry.ARCHITECTURES.copy())  # the probes vanish afterwards
     register("probe-registered", "a probe", size_multiple=lambda p: 4, supports_fp16=False)(_Probe)
     arch = get_architecture("probe-registered")
     assert arch.defaults == {"scale": 2, "width": 5, "gain": 1.0, "act": "relu", "bias": True}
@@ -310,3 +310,13 @@ def test_output_shape_and_macs_are_measured() -> None:
         on_meta = nn.Conv2d(3, 12, 1)
     assert output_shape(on_meta, 5, 5) == (1, 12, 5, 5)
     assert output_shape(nn.Identity(), 2, 3) == (1, 3, 2, 3)
+
+
+def test_the_registry_refuses_a_second_architecture_of_one_name_and_orders_detection_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "ARCHITECTURES", registry.ARCHITECTURES.copy())
+    with pytest.raises(ValueError, match="'compact' is registered twice"):
+        register("compact", "a twin")(_Probe)
+    assert get_architecture("compact").factory is not _Probe  # the first stays
+    with pytest.raises(ValueError, match="has a detector but no place in the detection order"):
+        register("probe-detecting", "detects", detect=lambda _state: None)(_Probe)
+    assert [a.name for a in registry.ARCHITECTURES.detectors()] == list(registry.DETECTION_ORDER)

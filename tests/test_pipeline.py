@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upscaler.engine import pipeline
+from upscaler.jobs import pictures as pipeline
 from upscaler.engine.frames import FrameError
 from upscaler.io.files import Job
 from upscaler.io.images import Picture

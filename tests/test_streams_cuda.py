@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from upscaler.engine.engine import open_engine
-from upscaler.engine.pipeline import run_jobs
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
 from upscaler.io.images import Picture, read_picture
+from upscaler.jobs.pictures import run_jobs
 from upscaler.models.weights import LoadedModel, load_model
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.quality.metrics import psnr

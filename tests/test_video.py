@@ -271,7 +271,7 @@ def test_ctrl_c_keeps_complete_segments_and_no_output(tmp_path: Path, tiny_model
 
 
 def test_work_folder_reuses_only_the_same_jobs_complete_segments(tmp_path: Path) -> None:
-    from upscaler.io.video import Segment, WorkFolder
+    from upscaler.jobs.video import Segment, WorkFolder
 
     out = tmp_path / "out.mkv"
     first = WorkFolder(out, {"model": "a"})

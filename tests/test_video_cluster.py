@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from upscaler.cli import app
-from upscaler.io.video import plan_segments, probe
+from upscaler.io.video import probe
+from upscaler.jobs.video import plan_segments
 
 from .test_video import decoded, ffmpeg, packets
 

@@ -14,7 +14,7 @@ from upscaler.cli.app import EXIT_FAILED, app, console, fail
 from upscaler.cli.options import DeviceOption, open_engine_or_fail
 from upscaler.engine.settings import DEFAULT_OVERLAP, RunSettings, parse_tile
 from upscaler.io.files import write_bytes_atomically
-from upscaler.io.images import Picture, PictureError, read_picture
+from upscaler.io.images import Picture, PictureError, read_picture, to_uint8
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +50,6 @@ def compare(
     With --reference (or --degrade) each panel shows its PSNR/SSIM and the reference is the last panel.
     """
     from upscaler.quality.compare import as_rgb, check_crop, detail_crops, panels_for, sheet
-    from upscaler.quality.evaluate import to_uint8
 
     if out.suffix.lower() != ".png":
         raise fail(f"-o {out}: the sheet is a PNG; name it .png")
@@ -61,7 +60,7 @@ def compare(
     except ValueError as exc:
         raise fail(str(exc)) from None
     engines = _open_each(models or DEFAULT_MODELS, base)
-    scale = engines[0][1].plan.out_scale
+    scale = engines[0][1].scale
     given = as_rgb(to_uint8(_read(image)))
     lr, hr = _damaged(given, degrade, seed, scale) if degrade else (given, None if reference is None else as_rgb(to_uint8(_read(reference))))
     try:
@@ -89,8 +88,8 @@ def _open_each(models: list[str], base: RunSettings) -> list[tuple[str, Engine]]
     """An engine per model, by its name as given; all of one scale, which the sheet shows."""
     engines = [(spec, open_engine_or_fail(replace(base, model=spec))) for spec in models]
     for spec, engine in engines:
-        if engine.plan.out_scale != engines[0][1].plan.out_scale:
-            raise fail(f"--model {spec}: x{engine.plan.out_scale}, but {engines[0][0]} is x{engines[0][1].plan.out_scale}; "
+        if engine.scale != engines[0][1].scale:
+            raise fail(f"--model {spec}: x{engine.scale}, but {engines[0][0]} is x{engines[0][1].scale}; "
                        "compare models of one scale")
     return engines
 

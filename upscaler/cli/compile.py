@@ -12,7 +12,7 @@ from rich.table import Table
 
 from upscaler.cli.app import app, console, fail, printable
 from upscaler.cli.options import DeviceOption, ModelOption
-from upscaler.compile.compiler import DEFAULT_CACHE
+from upscaler.compile.trt.cache import DEFAULT_CACHE
 from upscaler.engine.devices import resolve_device
 from upscaler.engine.plan import STATIC_PHOTO_TILE
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,10 @@ from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.engine.engine import open_engine
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
 from upscaler.models.weights import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # torch loads when a model opens, not for --help
+    from upscaler.quality.evaluate import DatasetScore
+    from upscaler.train.degradations import LowResDamage
 
 
 @app.command("eval")
@@ -37,67 +41,77 @@ def evaluate(
     `--model bicubic` scores MATLAB bicubic upscaling, the baseline row of the published tables.
     grid: how strongly the output draws the 8x8 block grid of a JPEG input at x4 (1.00: not at all).
     """
-    from upscaler.quality.evaluate import (
-        bicubic_upscaler,
-        damaged_pairs,
-        dataset_pairs,
-        picture_upscaler,
-        record_scores,
-        score_pairs,
-    )
     from upscaler.train.degradations import LowResDamage
 
     try:
         damage = LowResDamage.parse(degrade) if degrade is not None else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-
     if record is not None:
         if model == "bicubic":
             raise fail("--record needs a model file, not bicubic")
         check_writable(record)
     try:
-        if model == "bicubic":
-            scale, upscale = 4, bicubic_upscaler(4)
-        else:
-            settings = RunSettings(model=model, tile=parse_tile(tile), overlap=overlap, batch=batch, device=device, precision=precision)
-            engine = open_engine(settings)
-            loaded = engine.model
-            scale, upscale = loaded.card.scale, picture_upscaler(engine.upscale)
-        upscalers = {"model": upscale} if damage is None else {"model": upscale, "bicubic": bicubic_upscaler(scale)}
-        tracks = []
-        for folder in datasets:
-            if damage is None:
-                pairs = dataset_pairs(folder, scale)
-            else:
-                pairs = damaged_pairs(folder, scale, lambda lr, i: damage.apply_uint8(lr, image_seed(seed, i)))
-            tracks.append(score_pairs(upscalers, pairs, folder.name, scale))
+        settings = RunSettings(model=model, tile=parse_tile(tile), overlap=overlap, batch=batch, device=device, precision=precision)
+        scale, source, tracks = _score(settings, datasets, damage, seed)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    results = [track["model"] for track in tracks]
-    suffix = f" {damage.spec()}" if damage is not None else ""
     if record is not None:
-        try:
-            record_scores(Path(loaded.source), record, {r.name + suffix: {"psnr": round(r.psnr, 3), "ssim": round(r.ssim, 4), "grid": round(r.grid, 3)}
-                                                        for r in results})
-        except OSError as exc:
-            raise fail(f"{record}: cannot write ({exc.strerror or exc})", EXIT_FAILED) from None
-        console.print(f"scores recorded in {record}", highlight=False)
+        _record(source, record, tracks, f" {damage.spec()}" if damage is not None else "")
+    head = {"model": model, "scale": scale} | ({"degrade": damage.spec(), "seed": seed} if damage is not None else {})
     if as_json:
-        payload = {}
-        for track in tracks:
-            r = track["model"]
-            payload[r.name] = {"psnr": r.psnr, "ssim": r.ssim, "grid": r.grid, "images": [vars(i) for i in r.images]}
-            if "bicubic" in track:
-                b = track["bicubic"]
-                payload[r.name]["bicubic"] = {"psnr": b.psnr, "ssim": b.ssim, "grid": b.grid, "images": [vars(i) for i in b.images]}
-        head = {"model": model, "scale": scale} | ({"degrade": damage.spec(), "seed": seed} if damage is not None else {})
-        typer.echo(json.dumps({**head, "datasets": payload}, indent=2))
-        return
-    title = f"{model} x{scale} (Y channel, border {scale})" + (f", input {damage.spec()} (seed {seed})" if damage is not None else "")
+        typer.echo(json.dumps({**head, "datasets": {t["model"].name: _track_json(t) for t in tracks}}, indent=2))
+    else:
+        _print_table(head, tracks)
+
+
+def _score(settings: RunSettings, datasets: list[Path], damage: LowResDamage | None,
+           seed: int) -> tuple[int, str | None, list[dict[str, DatasetScore]]]:
+    """(scale, the model file, one track per dataset): the model's scores, and bicubic's of the same LR when damaged."""
+    from upscaler.quality.evaluate import bicubic_upscaler, damaged_pairs, dataset_pairs, picture_upscaler, score_pairs
+
+    if settings.model == "bicubic":
+        scale, source, upscale = 4, None, bicubic_upscaler(4)
+    else:
+        engine = open_engine(settings)
+        scale, source, upscale = engine.scale, engine.model.source, picture_upscaler(engine.upscale)
+    upscalers = {"model": upscale} if damage is None else {"model": upscale, "bicubic": bicubic_upscaler(scale)}
+    tracks = []
+    for folder in datasets:
+        if damage is None:
+            pairs = dataset_pairs(folder, scale)
+        else:
+            pairs = damaged_pairs(folder, scale, lambda lr, i: damage.apply_uint8(lr, image_seed(seed, i)))
+        tracks.append(score_pairs(upscalers, pairs, folder.name, scale))
+    return scale, source, tracks
+
+
+def _record(source: str | None, record: Path, tracks: list[dict[str, DatasetScore]], suffix: str) -> None:
+    from upscaler.quality.evaluate import record_scores
+
+    assert source is not None
+    scores = {t["model"].name + suffix: {"psnr": round(t["model"].psnr, 3), "ssim": round(t["model"].ssim, 4),
+                                         "grid": round(t["model"].grid, 3)} for t in tracks}
+    try:
+        record_scores(Path(source), record, scores)
+    except OSError as exc:
+        raise fail(f"{record}: cannot write ({exc.strerror or exc})", EXIT_FAILED) from None
+    console.print(f"scores recorded in {record}", highlight=False)
+
+
+def _track_json(track: dict[str, DatasetScore]) -> dict[str, object]:
+    def scored(r: DatasetScore) -> dict[str, object]:
+        return {"psnr": r.psnr, "ssim": r.ssim, "grid": r.grid, "images": [vars(i) for i in r.images]}
+
+    return scored(track["model"]) | ({"bicubic": scored(track["bicubic"])} if "bicubic" in track else {})
+
+
+def _print_table(head: dict[str, object], tracks: list[dict[str, DatasetScore]]) -> None:
+    scale, damaged = head["scale"], "degrade" in head
+    title = f"{head['model']} x{scale} (Y channel, border {scale})" + (f", input {head['degrade']} (seed {head['seed']})" if damaged else "")
     table = Table(title=title)
     columns = ["dataset", "image", "PSNR dB", "SSIM", "grid"]
-    columns += ["bicubic dB", "bicubic SSIM", "bicubic grid", "gain dB"] if damage is not None else []
+    columns += ["bicubic dB", "bicubic SSIM", "bicubic grid", "gain dB"] if damaged else []
     for column in columns:
         table.add_column(column)
     for track in tracks:

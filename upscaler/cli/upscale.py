@@ -32,7 +32,7 @@ from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_pic
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
     from upscaler.cluster.ray_runner import ClusterRunner
-    from upscaler.engine.pipeline import JobRunner, Outcome, Summary
+    from upscaler.jobs.pictures import JobRunner, Outcome, Summary
 
 STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
 
@@ -53,7 +53,7 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
     """
     from upscaler.cluster.ray_runner import cluster_runner
     from upscaler.engine.engine import open_engine
-    from upscaler.engine.pipeline import JobRunner
+    from upscaler.jobs.pictures import JobRunner
 
     with ExitStack() as resources:
         try:
@@ -73,7 +73,7 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
 
 
 def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str) -> None:
-    from upscaler.engine.pipeline import Summary
+    from upscaler.jobs.pictures import Summary
 
     summary = Summary(skipped=skipped)
     columns = (
@@ -163,7 +163,7 @@ def upscale_dir(
         return
     skipped: list[Path] = []
     if skip_existing_outputs:
-        from upscaler.engine.pipeline import skip_existing
+        from upscaler.jobs.pictures import skip_existing
 
         jobs, skipped = skip_existing(jobs)
     _run_batch(jobs, settings, len(skipped), lambda: _prepare_output(out, recursive), cluster)
@@ -202,7 +202,7 @@ def upscale_image(
         _run_piped(source, out, fmt, settings)
         return
     if skip_existing_outputs and is_complete(out):
-        from upscaler.engine.pipeline import Summary
+        from upscaler.jobs.pictures import Summary
 
         _print_summary(Summary(skipped=1), settings.model)
         return
@@ -212,7 +212,7 @@ def upscale_image(
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
     from upscaler.engine.frames import FrameError
-    from upscaler.engine.pipeline import Summary
+    from upscaler.jobs.pictures import Summary
 
     if source == STDIO and sys.stdin.isatty():
         raise fail("standard input is a terminal; pipe an image in (upscale image - -o out.png < in.jpg)")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
-import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -20,6 +18,12 @@ from rich.table import Table
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
 from upscaler.cli.options import ClusterOption, open_engine_or_fail, run_options
 from upscaler.engine.settings import RunSettings
+
+if TYPE_CHECKING:  # torch and PyAV load when a command runs, not for --help
+    from upscaler.cluster.video import SegmentPool
+    from upscaler.engine.engine import Engine
+    from upscaler.io.video import EncodeSettings, SourceVideo
+    from upscaler.jobs.video import PlannedSegment, RunStats, WorkFolder
 
 _PIPE_BYTES = 1 << 20
 
@@ -110,72 +114,28 @@ def upscale_video(
 
 def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: int | None, preset: str | None,
            pix_fmt: str | None, resume: bool, segment_seconds: float, cluster: str | None) -> None:
-    from upscaler.io import video as v
+    from upscaler.io.video import VideoError, choose_encoding, probe
+    from upscaler.jobs.video import plan_segments
 
     if not source.is_file():
         raise fail(f"{source}: no such file", EXIT_FAILED)
     if out.exists() and out.resolve() == source.resolve():
         raise fail(f"{out}: is the input; choose another output name")
     try:
-        info = v.probe(source)
-        plan = v.plan_segments(info, segment_seconds)
-    except v.VideoError as exc:
+        info = probe(source)
+        plan = plan_segments(info, segment_seconds)
+    except VideoError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     engine = open_engine_or_fail(settings)
-    scale = engine.scale
     try:
-        codec_name = v.choose_codec(codec.value, info.bits, engine.plan.device.type == "cuda")
-        encoding = v.encode_settings(codec_name, crf, preset, pix_fmt or v.default_pix_fmt(info.pix_fmt, codec_name),
-                                     info.hdr, out)
-        encoding.check(info, info.width * scale, info.height * scale)
-        warnings = v.check_streams(info, out)
-    except v.VideoError as exc:
+        encoding, warnings = choose_encoding(info, out, engine.scale, engine.device.type == "cuda", codec.value, crf, preset, pix_fmt)
+    except VideoError as exc:
         raise fail(str(exc)) from None
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with ExitStack() as resources:
-        backend = engine.description
-        if cluster is not None:
-            from upscaler.cluster.video import SegmentPool
-
-            try:
-                pool = resources.enter_context(SegmentPool.started(cluster, settings))
-            except RuntimeError as exc:  # no Ray, a bad address, an engine that does not open on the workers
-                raise fail(str(exc)) from None
-            backend = pool.info.backend  # the workers' own, so a resume finds the same key whatever their number
-        key = v.job_key(source, encoding, engine.model.source, scale, backend, segment_seconds)
-        work = v.WorkFolder(out, key)
-        if resume and work.load():
-            console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
-        elif not resume:
-            work.clear()
-        rate = _Rate()
-        interrupted = False
-        with _progress() as progress:
-            task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
-
-            def on_frames(count: int) -> None:
-                progress.update(task, advance=count, rate=rate.tick(count))
-
-            try:
-                if cluster is None:
-                    converter = v.converter_for(info, encoding, scale, engine.plan.device)
-                    stats = v.encode_segments(info, work, plan, encoding, engine.stream, scale, converter,
-                                              lambda: on_frames(1))
-                else:
-                    job = v.SegmentJob(replace(info, path=info.path.absolute()), encoding, scale, work.path.absolute())
-                    stats = pool.encode(job, work, plan, on_frames)
-                    backend = f"{backend}; {pool.workers} Ray worker(s)"
-                v.mux(info, work, encoding, scale, out)
-            except KeyboardInterrupt:
-                interrupted = True
-            except v.VideoError as exc:
-                raise fail(str(exc), EXIT_FAILED) from None
-            except OSError as exc:  # a full disk, a folder gone: complete segments stay for a re-run
-                raise fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_FAILED) from None
-    if interrupted:
-        raise fail(f"interrupted with {work.frames} frame(s) in {len(work.segments)} complete segment(s); "
-                   "run the same command again to resume", EXIT_INTERRUPTED)
+        pool = _started_pool(resources, cluster, settings) if cluster is not None else None
+        stats, work, backend, rate = _encode(engine, pool, info, plan, encoding, out, resume, segment_seconds)
     work.remove()
     _summary("upscale video", [
         ("model", engine.model.source), ("backend", backend), ("codec", f"{encoding.codec} {encoding.pix_fmt}"),
@@ -186,6 +146,54 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
     ], rate, info.width * info.height)
 
 
+def _started_pool(resources: ExitStack, cluster: str, settings: RunSettings) -> SegmentPool:
+    from upscaler.cluster.video import SegmentPool
+
+    try:
+        return resources.enter_context(SegmentPool.started(cluster, settings))
+    except RuntimeError as exc:  # no Ray, a bad address, an engine that does not open on the workers
+        raise fail(str(exc)) from None
+
+
+def _encode(engine: Engine, pool: SegmentPool | None, info: SourceVideo, plan: list[PlannedSegment], encoding: EncodeSettings,
+            out: Path, resume: bool, segment_seconds: float) -> tuple[RunStats, WorkFolder, str, _Rate]:
+    """The job, here or on the pool, with a progress bar; resumes the work folder of the same identity."""
+    from upscaler.io.video import VideoError
+    from upscaler.jobs.video import SegmentJob, encode_segments, job_key, mux, open_work
+
+    frame = (info.height, info.width)
+    try:
+        identity = engine.identity(frame) if pool is None else pool.identity(frame)  # the workers make the pixels there
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+    work = open_work(out, job_key(info.path, encoding, identity, segment_seconds), resume)
+    if work.segments:
+        console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
+    backend = engine.description if pool is None else f"{pool.info.backend}; {pool.workers} Ray worker(s)"
+    rate = _Rate()
+    with _progress() as progress:
+        task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
+
+        def on_frames(count: int) -> None:
+            progress.update(task, advance=count, rate=rate.tick(count))
+
+        try:
+            if pool is None:
+                stats = encode_segments(info, work, plan, encoding, engine, lambda: on_frames(1))
+            else:
+                job = SegmentJob(replace(info, path=info.path.absolute()), encoding, engine.scale, work.path.absolute())
+                stats = pool.encode(job, work, plan, on_frames)
+            mux(info, work, encoding, engine.scale, out)
+        except KeyboardInterrupt:
+            raise fail(f"interrupted with {work.frames} frame(s) in {len(work.segments)} complete segment(s); "
+                       "run the same command again to resume", EXIT_INTERRUPTED) from None
+        except VideoError as exc:
+            raise fail(str(exc), EXIT_FAILED) from None
+        except OSError as exc:  # a full disk, a folder gone: complete segments stay for a re-run
+            raise fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_FAILED) from None
+    return stats, work, backend, rate
+
+
 def _parse_size(size: str | None) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in (size or "").lower().split("x"))
@@ -194,26 +202,6 @@ def _parse_size(size: str | None) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise fail(f"--size {size}: width and height must be positive")
     return width, height
-
-
-def _raw_frames(stream: BinaryIO, width: int, height: int, dtype: type[np.unsignedinteger]) -> Iterator[np.ndarray]:
-    from upscaler.io.y4m import TruncatedFrame, read_exactly
-
-    size = width * height * 3 * np.dtype(dtype).itemsize
-    index = 0
-    while data := read_exactly(stream, size):
-        if len(data) < size:
-            raise TruncatedFrame(index, len(data), size)
-        yield np.frombuffer(data, dtype).astype(dtype, copy=True).reshape(height, width, 3)
-        index += 1
-
-
-def _to_depth(rgb: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    if rgb.dtype == dtype:
-        return rgb
-    if dtype == np.uint8:
-        return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return rgb.astype(np.uint16) * 257
 
 
 @app.command("pipe")
@@ -238,9 +226,8 @@ def upscale_pipe(
 
 def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFormat, size: str | None,
           matrix: Matrix) -> None:
-    from upscaler.io import y4m
-    from upscaler.io.colour import MATRIX_NAMES, guess_matrix, open_converter
-    from upscaler.io.stages import Stages
+    from upscaler.io.y4m import Y4MError
+    from upscaler.jobs.pipe import open_source, run_pipe
 
     if output_format is PipeFormat.y4m and input_format is not PipeFormat.y4m:
         raise fail("--output y4m needs y4m input (raw frames carry no rate, layout or colour tags)")
@@ -251,52 +238,23 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
                    "ffmpeg -f yuv4mpegpipe -i - OUT")
     for stream in (stdin, stdout):
         _widen_pipe(stream)
-    header: y4m.Y4MHeader | None = None
-    if input_format is PipeFormat.y4m:
-        try:
-            header = y4m.read_header(stdin)
-        except y4m.Y4MError as exc:
-            raise fail(f"stdin: {exc}", EXIT_FAILED) from None
-        width, height = header.width, header.height
-    else:
-        width, height = _parse_size(size)
+    raw_size = None if input_format is PipeFormat.y4m else _parse_size(size)
+    try:
+        source = open_source(stdin, input_format.value, raw_size)
+    except Y4MError as exc:
+        raise fail(f"stdin: {exc}", EXIT_FAILED) from None
     engine = open_engine_or_fail(settings)
-    scale = engine.scale
-    out_dtype = np.uint16 if output_format is PipeFormat.rgb48 else np.uint8
-    if header is not None:
-        layout = header.layout
-        fixed = MATRIX_NAMES.get(matrix.value)
-        tags_in = replace(header.tags, matrix=fixed or guess_matrix(height))
-        tags_out = replace(header.tags, matrix=fixed or guess_matrix(height * scale))
-        converter = open_converter(engine.plan.device, tags_in, layout.pix_fmt, height, tags_out, layout.pix_fmt, height * scale)
-        frames = ((None, converter.to_rgb(frame)) for frame in y4m.read_frames(stdin, header))
-    else:
-        in_dtype = np.uint16 if input_format is PipeFormat.rgb48 else np.uint8
-        frames = ((None, frame) for frame in _raw_frames(stdin, width, height, in_dtype))
-
-    def write(_: None, rgb: np.ndarray) -> None:
-        if header is not None and output_format is PipeFormat.y4m:
-            planes = converter.planes_from_rgb(rgb)
-            stdout.write(b"FRAME\n")
-            for plane in planes:
-                stdout.write(np.ascontiguousarray(plane).data)
-        else:
-            stdout.write(np.ascontiguousarray(_to_depth(rgb, out_dtype)).data)
-        progress.update(task, advance=1, rate=rate.tick())
-
     rate = _Rate()
     code, message = 0, ""
     with _progress() as progress:
         task = progress.add_task("pipe", total=None, rate=0.0)
         try:
-            if header is not None and output_format is PipeFormat.y4m:
-                stdout.write(header.scaled(scale).encode())
-            Stages[None]().run(frames, engine.stream, write)
-            stdout.flush()
+            run_pipe(engine, source, stdin, stdout, output_format.value, matrix.value,
+                     lambda: progress.update(task, advance=1, rate=rate.tick()))
         except BrokenPipeError:
             _silence_stdout()
             message = f"stopped: the reader closed the pipe after {rate.frames} frame(s)"
-        except y4m.Y4MError as exc:
+        except Y4MError as exc:
             code, message = EXIT_FAILED, f"stdin: {exc}"
         except KeyboardInterrupt:
             code, message = EXIT_INTERRUPTED, f"interrupted after {rate.frames} frame(s)"
@@ -307,7 +265,7 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
         console.print(message, highlight=False)
         return
     _summary("upscale pipe", [("model", engine.model.source), ("backend", engine.description),
-                              ("frames", str(rate.frames))], rate, width * height)
+                              ("frames", str(rate.frames))], rate, source.width * source.height)
 
 
 def _widen_pipe(stream: BinaryIO) -> None:

@@ -27,9 +27,9 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from upscaler.engine.engine import Engine, open_engine
-from upscaler.engine.pipeline import JobRunner, Outcome
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
+from upscaler.jobs.pictures import JobRunner, Outcome
 
 RAY_MISSING = "--cluster needs Ray, which is not installed: pip install 'upscaler[cluster]'"
 ADDRESSES = "local (start Ray on this machine), auto (join this machine's cluster) or ray://HOST:PORT"
@@ -133,6 +133,10 @@ class PictureWorker:
 
     def describe(self) -> WorkerInfo:
         return self.info
+
+    def identity(self, frame: tuple[int, int]) -> dict[str, Any] | None:
+        """This worker's `Engine.identity` for frames of that size; None if its engine did not open."""
+        return None if self.engine is None else self.engine.identity(frame)
 
     def stop(self) -> None:
         """Finish the file in progress and its writes, start no other (runs on the actor's second thread)."""

@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from upscaler.cluster.ray_runner import (
+    ClusterError,
     PictureWorker,
     WorkerInfo,
     WorkerLost,
@@ -26,12 +28,12 @@ from upscaler.cluster.ray_runner import (
     start_pool,
 )
 from upscaler.engine.settings import RunSettings
-from upscaler.io.video import (
+from upscaler.io.video import VideoError
+from upscaler.jobs.video import (
     PlannedSegment,
     RunStats,
     Segment,
     SegmentJob,
-    VideoError,
     WorkFolder,
     converter_for,
     encode_run,
@@ -63,7 +65,7 @@ class SegmentWorker(PictureWorker):
             done.append(SegmentResult(index, segment, extradata))
 
         try:
-            converter = converter_for(job.source, job.settings, job.scale, self.engine.plan.device)
+            converter = converter_for(job.source, job.settings, job.scale, self.engine.device)
             encode_run(job.source, job.folder, [planned], job.settings, self.engine.stream, job.scale, converter,
                        finished, lambda: None, stats)
         except VideoError as exc:
@@ -91,6 +93,14 @@ class SegmentPool:
                 yield cls(pool, info)
             finally:
                 pool.close()
+
+    def identity(self, frame: tuple[int, int]) -> dict[str, Any]:
+        """The workers' engine identity for frames of that size (they open one engine from the same settings)."""
+        actor = next(iter(self.pool.actors.values()))
+        identity = self.pool.ray.get(actor.identity.remote(frame))
+        if identity is None:
+            raise ClusterError("the Ray worker's engine did not open")
+        return identity
 
     @property
     def workers(self) -> int:

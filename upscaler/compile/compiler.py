@@ -22,12 +22,10 @@ from upscaler.compile.onnx import (
     run_onnxruntime,
     wrap_foreign_onnx,
 )
-from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.compile.trt.cache import DEFAULT_CACHE, EngineCache, EngineKey
 from upscaler.models.onnx_model import OnnxModule
 from upscaler.models.weights import LoadedModel
 from upscaler.quality.metrics import psnr
-
-DEFAULT_CACHE = Path("engines")
 
 
 def tensorrt_available() -> bool:
@@ -46,6 +44,10 @@ class CompileRequest:
     cache_dir: Path = DEFAULT_CACHE
     workspace_mib: int = 4096
     optimization_level: int = 3
+
+    def build_settings(self) -> dict[str, int]:
+        """The builder's settings, which decide the kernels of a plan and so its pixels."""
+        return {"workspace_mib": self.workspace_mib, "optimization_level": self.optimization_level}
 
 
 @dataclass
@@ -68,6 +70,8 @@ def engine_key(loaded: LoadedModel, request: CompileRequest, tensorrt_version: s
         tensorrt_version=tensorrt_version,
         gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "none",
         compute_capability=f"{major}.{minor}",
+        workspace_mib=request.workspace_mib,
+        optimization_level=request.optimization_level,
     )
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from upscaler.io.files import write_bytes_atomically
+from upscaler.models.dtypes import PRECISIONS
 from upscaler.models.onnx_model import GraphIO
 
 INPUT_NAME, OUTPUT_NAME, FLAGS_NAME = "lr", "sr", "bad"
@@ -66,7 +67,7 @@ class ByteIO(nn.Module):
 
 def export_onnx(model: nn.Module, shape: TileShape, precision: str, path: Path) -> None:
     """Write the graph atomically; `precision` is fp16 or fp32 and lives in the graph itself."""
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
+    dtype = PRECISIONS[precision]
     wrapped = ByteIO(_copy_as(model, dtype), dtype, shape.layout, flags=True).eval()
     example = torch.zeros(shape.input_shape(), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), torch.no_grad():

@@ -1,1 +1,1 @@
-"""The frame engine: run plan, tiling on the device, backends, CUDA streams, and the batch pipeline."""
+"""The frame engine: run plan, tiling on the device, backends, CUDA streams."""

@@ -11,9 +11,10 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from upscaler.models.dtypes import PRECISIONS
+
 M = TypeVar("M", bound=nn.Module)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt's parameter numbers (glibc's malloc.h)
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for it on 64-bit systems
 

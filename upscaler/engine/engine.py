@@ -14,6 +14,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from upscaler.engine.plan import CPU_BUDGET_CAP, RunPlan, TilePlan, plan_run
 from upscaler.engine.settings import RunSettings
 from upscaler.io.images import Picture, pillow_encodes
 from upscaler.models.weights import LoadedModel, load_model
+
+# Bump when a change to the code makes the same settings give other pixels: old work folders then start afresh.
+IDENTITY_VERSION = 1
 
 # Decoded frames may be read-only views (Pillow, PyAV); the engine only ever reads them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -40,12 +44,50 @@ class Engine:
 
     @property
     def description(self) -> str:
+        """For people (summaries, logs): reworded freely, never a key."""
         return self.plan.describe()
+
+    def identity(self, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Everything that decides an output pixel, as a stable, versioned mapping: what resume and caches key on.
+
+        The model by its content digest (not its path or mtime), its architecture, the scales,
+        device kind, precision, backend and its build settings, torch.compile, the batch and the
+        tiles. For frames of one `frame` size (height, width) the grid they are cut into stands in
+        for the memory budget that chose it, so a budget that moves with free memory but cuts the
+        same tiles keeps the key. `--streams` and `--cuda-graphs` change no pixel and are not in it.
+        """
+        plan, tiles = self.plan, self.plan.tiles
+        identity: dict[str, Any] = {
+            "version": IDENTITY_VERSION,
+            "model_sha256": self.model.digest,
+            "arch": self.model.descriptor.arch,
+            "arch_params": self.model.descriptor.arch_params,
+            "scale": plan.scale,
+            "out_scale": plan.out_scale,
+            "device": plan.device.type,
+            "precision": plan.precision,
+            "backend": plan.backend,
+            "build": _build_settings(plan),
+            "compile": plan.compile,
+            "batch": plan.batch,
+            "tile": tiles.tile,
+            "overlap": tiles.overlap,
+        }
+        if frame is None:
+            identity |= {"tile_limits": [tiles.max_tile_pixels, tiles.max_band_pixels, tiles.multiple], "static_shape": tiles.static_shape}
+        else:
+            grid = tiles.for_frames().grid(*frame)
+            identity["grid"] = [grid.tile_h, grid.tile_w, list(grid.ys), list(grid.xs)]
+        return identity
 
     @property
     def scale(self) -> int:
         """The output scale (the model's unless --scale said otherwise)."""
         return self.plan.out_scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
 
     @property
     def depth(self) -> int:
@@ -143,6 +185,16 @@ class Engine:
             return tensor.pin_memory().to(self.plan.device, non_blocking=True)
 
         return Frame(place(color), None if alpha is None else place(alpha))
+
+
+def _build_settings(plan: RunPlan) -> dict[str, Any]:
+    """The TensorRT builder's settings and version for a TensorRT plan; nothing for torch, which builds nothing."""
+    if plan.backend != "tensorrt":
+        return {}
+    from upscaler.compile.trt.build import tensorrt_version
+    from upscaler.engine.tensorrt import runtime_request
+
+    return {"tensorrt": tensorrt_version(), **runtime_request(plan).build_settings()}
 
 
 def open_engine(settings: RunSettings, model: LoadedModel | None = None) -> Engine:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from upscaler.engine.tiling import TileGrid, device_axis_weights
+from upscaler.models.dtypes import precision_name
 
 log = logging.getLogger("upscaler")
 
@@ -76,16 +77,12 @@ class ModelRunner:
             raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
         if self._fp32 is None:
             self._fp32 = self.fallback()
-        log.warning("%d tile(s) overflowed or collapsed in %s; recomputed in fp32", int(bad.sum()), _dtype_name(self.dtype))
+        log.warning("%d tile(s) overflowed or collapsed in %s; recomputed in fp32", int(bad.sum()), precision_name(self.dtype))
         redo = self._fp32(tiles[bad].float())
         if not bool(torch.isfinite(redo).all()):
             raise FrameError("the model's output is not finite (NaN or infinity) even in fp32; nothing was written")
         out[bad] = redo
         return out
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
 def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> torch.Tensor:

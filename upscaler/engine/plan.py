@@ -18,6 +18,7 @@ from upscaler.compile.compiler import tensorrt_available
 from upscaler.engine.devices import available_memory, resolve_device, resolve_precision
 from upscaler.engine.settings import BACKENDS, RunSettings
 from upscaler.engine.tiling import TileGrid, check_overlap, even_grid, fixed_grid
+from upscaler.models.dtypes import precision_name
 from upscaler.models.weights import LoadedModel
 
 CPU_BUDGET_CAP = 512 << 20  # a tile's working set on the CPU: whole 960x540 frames with the default model
@@ -64,7 +65,7 @@ class RunPlan:
 
     @property
     def precision(self) -> str:
-        return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        return precision_name(self.dtype)
 
     def describe(self) -> str:
         where = f"{self.backend} {self.device}"

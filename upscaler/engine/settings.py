@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from upscaler.compile.trt.cache import DEFAULT_CACHE as DEFAULT_ENGINES
+
 DEFAULT_OVERLAP = 24
 DEFAULT_BATCH = 4
-DEFAULT_ENGINES = Path("engines")
 BACKENDS = ("auto", "tensorrt", "torch")
 
 

@@ -12,6 +12,12 @@ from upscaler.engine.plan import RunPlan
 from upscaler.models.weights import LoadedModel
 
 
+def runtime_request(plan: RunPlan) -> CompileRequest:
+    """What a run builds (or finds in the cache) for its plan: the static tile, the compiler's default build settings."""
+    tile = plan.tiles.tile or plan.tiles.grid(1, 1).tile_h
+    return CompileRequest(TileShape(plan.batch, tile), plan.precision, plan.engines)
+
+
 def open_tensorrt_runner(plan: RunPlan, model: LoadedModel) -> Runner:
     """Build (or take from the cache) the engine for the plan's static tile and wrap it as a Runner.
 
@@ -22,9 +28,8 @@ def open_tensorrt_runner(plan: RunPlan, model: LoadedModel) -> Runner:
     from upscaler.compile.trt.cache import EngineCache
     from upscaler.compile.trt.runtime import TensorRTExecutor
 
-    tile = plan.tiles.tile or plan.tiles.grid(1, 1).tile_h
-    shape = TileShape(plan.batch, tile)
-    request = CompileRequest(shape, plan.precision, plan.engines)
+    request = runtime_request(plan)
+    shape = request.shape
     result = compile_model(model, request, plan.device, np.zeros((8, 8, 3), np.uint8))
     assert result.plan is not None
     executor = TensorRTExecutor(EngineCache(plan.engines).read_plan(result.plan), plan.cuda_graphs)

@@ -225,13 +225,24 @@ def _resized_exif(exif_bytes: bytes, size: tuple[int, int]) -> bytes:
     return exif.tobytes()
 
 
-def _narrow(x: np.ndarray) -> np.ndarray:
-    """uint16 -> uint8, rounded (x * 255 / 65535)."""
-    return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+def to_depth(pixels: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """uint8 or uint16 pixels at the other depth: widened exactly (x 257), or narrowed to the nearest (x * 255 / 65535).
+
+    The one conversion between depths: writers, scores and the pipe all round the same way.
+    """
+    if pixels.dtype == dtype:
+        return pixels
+    if dtype == np.uint8:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return pixels.astype(np.uint16) * 257
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return to_depth(pixels, np.uint8)
 
 
 def _to_8bit(picture: Picture) -> Picture:
-    return replace(picture, color=_narrow(picture.color), alpha=None if picture.alpha is None else _narrow(picture.alpha))
+    return replace(picture, color=to_uint8(picture.color), alpha=None if picture.alpha is None else to_uint8(picture.alpha))
 
 
 def _to_pillow(picture: Picture) -> Image.Image:

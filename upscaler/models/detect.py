@@ -54,9 +54,8 @@ def detect_architecture(state: Mapping[str, torch.Tensor], source: Path) -> Dete
     Otherwise one line naming the closest architecture and what differs.
     """
     near: list[tuple[str, str]] = []
-    for arch in ARCHITECTURES.values():
-        if arch.detect is None:
-            continue
+    for arch in ARCHITECTURES.detectors():
+        assert arch.detect is not None
         try:
             found = arch.detect(state)
             if found is None:
@@ -74,7 +73,7 @@ def detect_architecture(state: Mapping[str, torch.Tensor], source: Path) -> Dete
     else:
         name, problem = _closest_by_keys(state)
     if not name:
-        known = ", ".join(a.name for a in ARCHITECTURES.values() if a.detect is not None)
+        known = ", ".join(a.name for a in ARCHITECTURES.detectors())
         raise ModelError(f"{source}: not a known generator: its keys ({_few(sorted(state))}) match none of {known}")
     raise ModelError(f"{source}: architecture not recognised; closest: {name} ({problem})")
 
@@ -83,9 +82,7 @@ def _closest_by_keys(state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
     """The detectable architecture sharing the most key patterns (digits ignored) with the file; "" if none shares any."""
     given = {_pattern(key) for key in state}
     best: tuple[float, str, str] = (0.0, "", "")
-    for arch in ARCHITECTURES.values():
-        if arch.detect is None:
-            continue
+    for arch in ARCHITECTURES.detectors():
         wanted = {_pattern(key) for key in arch.build_on_meta({}).state_dict()}
         overlap = len(given & wanted) / len(given | wanted)
         if overlap > best[0]:

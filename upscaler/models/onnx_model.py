@@ -195,10 +195,9 @@ def graph_statistics(model: Any, io: GraphIO, probe: int = 32) -> tuple[int, flo
     return parameters, total / pixels
 
 
-def load_onnx(path: Path) -> tuple[OnnxModule, Any, ModelDescriptor]:
-    """The module, a card and a descriptor; ModelError for anything onnxruntime cannot run as an upscaler."""
-    from upscaler.models.weights import ModelCard
-
+def load_onnx(path: Path) -> tuple[OnnxModule, ModelDescriptor, dict[str, Any]]:
+    """The module, its descriptor and the provenance `upscale import` wrote ({} if none); ModelError for
+    anything onnxruntime cannot run as an upscaler. The card is the caller's (models/weights.py) to make."""
     try:
         import onnxruntime  # noqa: F401 (only its absence is checked here)
     except ImportError:
@@ -227,5 +226,4 @@ def load_onnx(path: Path) -> tuple[OnnxModule, Any, ModelDescriptor]:
         provenance = json.loads(props.get(PROVENANCE_KEY, "{}"))
     except json.JSONDecodeError:
         provenance = {}
-    card = ModelCard("onnx", {}, scale, name=path.stem, provenance=provenance if isinstance(provenance, dict) else {})
-    return module.eval(), card, descriptor
+    return module.eval(), descriptor, provenance if isinstance(provenance, dict) else {}

@@ -10,7 +10,7 @@ allocate more than a real generator needs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -104,7 +104,59 @@ def _checked_value(arch: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
+# Which detector reads a foreign state dict first: the most specific layouts before the general ones,
+# written down rather than left to the order in which modules happen to be imported.
+DETECTION_ORDER = ("edsr_reference", "msrresnet", "rrdbnet", "srvggnet_compact")
+
+
+class ArchRegistry:
+    """Architectures by name, kept apart from the modules that define them (as timm and spandrel do).
+
+    A name registered twice is an error, never a silent replacement; `detectors` runs in
+    DETECTION_ORDER, and an architecture with a detector must have its place there.
+    """
+
+    def __init__(self, detection_order: tuple[str, ...] = DETECTION_ORDER) -> None:
+        self._architectures: dict[str, Architecture] = {}
+        self.detection_order = detection_order
+
+    def add(self, arch: Architecture) -> None:
+        if arch.name in self._architectures:
+            raise ValueError(f"architecture {arch.name!r} is registered twice ({self._architectures[arch.name].factory.__qualname__} "
+                             f"and {arch.factory.__qualname__})")
+        if arch.detect is not None and arch.name not in self.detection_order:
+            raise ValueError(f"architecture {arch.name!r} has a detector but no place in the detection order")
+        self._architectures[arch.name] = arch
+
+    def get(self, name: str) -> Architecture:
+        try:
+            return self._architectures[name]
+        except (KeyError, TypeError):
+            raise ModelError(f"unknown architecture {name!r} (known: {', '.join(sorted(self._architectures))})") from None
+
+    def detectors(self) -> list[Architecture]:
+        """The architectures that can read a foreign state dict, in the order they are tried."""
+        return [self._architectures[name] for name in self.detection_order if name in self._architectures]
+
+    def values(self) -> list[Architecture]:
+        return list(self._architectures.values())
+
+    def copy(self) -> ArchRegistry:
+        twin = ArchRegistry(self.detection_order)
+        twin._architectures = dict(self._architectures)
+        return twin
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._architectures
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._architectures)
+
+    def __len__(self) -> int:
+        return len(self._architectures)
+
+
+ARCHITECTURES = ArchRegistry()
 M = TypeVar("M", bound=type[nn.Module])
 
 
@@ -121,20 +173,14 @@ def register(
             for key, p in signature.parameters.items()
             if key != "self" and p.default is not inspect.Parameter.empty
         }
-        ARCHITECTURES[name] = Architecture(
-            name, cls, defaults, summary, detect, size_multiple or (lambda _params: 1), supports_fp16
-        )
+        ARCHITECTURES.add(Architecture(name, cls, defaults, summary, detect, size_multiple or (lambda _params: 1), supports_fp16))
         return cls
 
     return wrap
 
 
 def get_architecture(name: str) -> Architecture:
-    try:
-        return ARCHITECTURES[name]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise ModelError(f"unknown architecture {name!r} (known: {known})") from None
+    return ARCHITECTURES.get(name)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -238,7 +238,8 @@ def load_model(spec: str) -> LoadedModel:
     if suffix in ONNX_SUFFIXES:
         from upscaler.models.onnx_model import load_onnx
 
-        module, card, descriptor = load_onnx(path)
+        module, descriptor, provenance = load_onnx(path)
+        card = ModelCard("onnx", {}, descriptor.scale, name=path.stem, provenance=provenance)
         return LoadedModel(card, module, str(path), descriptor)
     if suffix in SAFETENSORS_SUFFIXES:
         tensors, metadata = read_safetensors(path)

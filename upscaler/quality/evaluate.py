@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from upscaler.io.files import write_atomically
-from upscaler.io.images import Picture, PictureError, read_picture
+from upscaler.io.images import Picture, PictureError, read_picture, to_uint8
 from upscaler.quality.metrics import jpeg_grid, psnr_y, ssim_y
 from upscaler.quality.resize import imresize
 
@@ -60,15 +60,6 @@ def read_named(path: Path) -> Picture:
         raise ValueError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """8-bit values of decoded pixels, whichever way they are held: uint8, uint16 or floats in [0, 1]."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    if pixels.dtype == np.uint16:
-        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def read_benchmark_image(path: Path) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 from upscaler.io.files import write_bytes_atomically
 
 MANIFEST = "manifest.json"
+DEFAULT_CACHE = Path("engines")  # the one default of `--engines` and `compile --out`
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class EngineKey:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "9.0"
+    workspace_mib: int  # the builder's choices change the kernels it picks, so a plan's pixels and speed
+    optimization_level: int
 
     @property
     def onnx_stem(self) -> str:
@@ -64,10 +67,14 @@ class EngineCache:
         if not path.is_file():
             return []
         raw = json.loads(path.read_text())
-        return [
-            CacheEntry(EngineKey(**item["key"]), item["plan"], item["plan_sha256"], item["onnx"])
-            for item in raw.get("engines", [])
-        ]
+        entries = []
+        for item in raw.get("engines", []):
+            try:
+                key = EngineKey(**item["key"])
+            except TypeError:  # written before a field joined the key: never a match, rebuilt when asked for
+                continue
+            entries.append(CacheEntry(key, item["plan"], item["plan_sha256"], item["onnx"]))
+        return entries
 
     def onnx_path(self, key: EngineKey) -> Path:
         return self.folder / f"{key.onnx_stem}.onnx"
