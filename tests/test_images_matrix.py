@@ -270,10 +270,13 @@ def test_tiff_is_deflate_compressed(tmp_path: Path) -> None:
 
 def test_narrowing_and_flattening_round_to_nearest_everywhere() -> None:
     """Every 16-bit value, and every 8-bit colour over every alpha, against the float formula rounded."""
-    from upscaler.io.images import _flatten_on_white, _narrow
+    from upscaler.io.images import _flatten_on_white, to_depth, to_uint8
 
     deep = np.arange(65536, dtype=np.uint16)
-    assert np.array_equal(_narrow(deep), np.round(deep / 257).astype(np.uint8))
+    assert np.array_equal(to_uint8(deep), np.round(deep / 257).astype(np.uint8))
+    shallow = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(to_depth(shallow, np.uint16), shallow.astype(np.uint16) * 257)
+    assert np.array_equal(to_uint8(to_depth(shallow, np.uint16)), shallow) and to_uint8(shallow) is shallow
     c, a = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     flat = _flatten_on_white(Picture(c.astype(np.uint8), a.astype(np.uint8), "PNG"))
     assert flat.alpha is None

@@ -18,7 +18,7 @@ from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings
 from upscaler.models.weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help
-    from upscaler.quality.evaluate import DatasetScore
+    from upscaler.quality.evaluate import DatasetScore, ImageScore
     from upscaler.train.degradations import LowResDamage
 
 
@@ -116,7 +116,8 @@ def _print_table(head: dict[str, object], tracks: list[dict[str, DatasetScore]])
         table.add_column(column)
     for track in tracks:
         r, b = track["model"], track.get("bicubic")
-        rows = [(i.name, i, b.images[n] if b else None) for n, i in enumerate(r.images)]
+        rows: list[tuple[str, ImageScore | DatasetScore, ImageScore | DatasetScore | None]] = [
+            (i.name, i, b.images[n] if b else None) for n, i in enumerate(r.images)]
         for name, image, base in [*rows, ("mean", r, b)]:
             cells = [f"{image.psnr:.2f}", f"{image.ssim:.4f}", f"{image.grid:.2f}"]
             if base is not None:

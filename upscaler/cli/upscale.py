@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, printable, warn
+from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, warn
 from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, open_engine_or_fail, run_options
+from upscaler.cli.report import Rate, print_summary, progress
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import (
     Job,
@@ -76,21 +75,16 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
     from upscaler.jobs.pictures import Summary
 
     summary = Summary(skipped=skipped)
-    columns = (
-        TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    started = time.perf_counter()
+    rate = Rate()
     interrupted = False
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("upscale", total=len(jobs), rate=0.0)
+    with progress("images", "img/s") as bar:
+        task = bar.add_task("upscale", total=len(jobs), rate=0.0)
 
         def report(outcome: Outcome) -> None:
             summary.add(outcome)
             if not outcome.ok:
                 error(f"{outcome.job.source}: {outcome.error}")
-            elapsed = time.perf_counter() - started
-            progress.update(task, advance=1, rate=(summary.done + summary.failed) / max(elapsed, 1e-9))
+            bar.update(task, advance=1, rate=rate.tick())
 
         try:
             for outcome in runner:
@@ -100,7 +94,7 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
             console.print("interrupted: finishing the images being written (Ctrl-C again to stop at once)", highlight=False)
         for outcome in runner.drain():
             report(outcome)
-    summary.seconds = time.perf_counter() - started
+    summary.seconds = rate.elapsed
     _print_summary(summary, model, backend)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
@@ -109,19 +103,10 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_summary(summary: Summary, model: str, backend: str = "") -> None:
-    table = Table(title="upscale summary", show_header=False)
-    table.add_row("model", printable(model))
-    if backend:
-        table.add_row("backend", backend)
-    table.add_row("written", str(summary.done))
-    table.add_row("skipped (already there)", str(summary.skipped))
-    table.add_row("failed", f"[red]{summary.failed}[/]" if summary.failed else "0")
-    table.add_row("wall time", f"{summary.seconds:.2f} s")
-    if summary.seconds > 0 and summary.done:
-        table.add_row("images/s", f"{summary.done / summary.seconds:.2f}")
-        table.add_row("input megapixels/s", f"{summary.input_pixels / 1e6 / summary.seconds:.3f}")
-    console.print(table)
+def _print_summary(done: Summary, model: str, backend: str = "") -> None:
+    rows = [("model", model), *([("backend", backend)] if backend else []), ("written", str(done.done)),
+            ("skipped (already there)", str(done.skipped)), ("failed", f"[red]{done.failed}[/]" if done.failed else "0")]
+    print_summary("upscale summary", rows, done.seconds, done.done, "images/s", done.input_pixels)
 
 
 @app.command("dir")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import replace
 from enum import Enum
@@ -12,11 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
 from upscaler.cli.options import ClusterOption, open_engine_or_fail, run_options
+from upscaler.cli.report import Rate, print_summary, progress
 from upscaler.engine.settings import RunSettings
 
 if TYPE_CHECKING:  # torch and PyAV load when a command runs, not for --help
@@ -49,41 +47,6 @@ class Matrix(str, Enum):
     bt709 = "bt709"
     bt601 = "bt601"
     bt2020 = "bt2020"
-
-
-def _progress() -> Progress:
-    columns = (
-        TextColumn("[bold]upscale[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-        TextColumn("{task.fields[rate]:.2f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    return Progress(*columns, console=console, transient=False)
-
-
-class _Rate:
-    """Frames done and frames per second since the start, for the progress bar and the summary."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.frames = 0
-
-    def tick(self, frames: int = 1) -> float:
-        self.frames += frames
-        return self.frames / max(self.elapsed, 1e-9)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-
-def _summary(title: str, rows: list[tuple[str, str]], rate: _Rate, frame_pixels: int) -> None:
-    """The command's own rows, then wall time, frames/s and input megapixels/s of this run."""
-    seconds = max(rate.elapsed, 1e-9)
-    rows = [*rows, ("wall time", f"{rate.elapsed:.2f} s"), ("frames/s", f"{rate.frames / seconds:.2f}"),
-            ("input megapixels/s", f"{rate.frames * frame_pixels / 1e6 / seconds:.3f}")]
-    table = Table(title=title, show_header=False)
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
 
 
 @app.command("video")
@@ -137,13 +100,13 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         pool = _started_pool(resources, cluster, settings) if cluster is not None else None
         stats, work, backend, rate = _encode(engine, pool, info, plan, encoding, out, resume, segment_seconds)
     work.remove()
-    _summary("upscale video", [
+    print_summary("upscale video", [
         ("model", engine.model.source), ("backend", backend), ("codec", f"{encoding.codec} {encoding.pix_fmt}"),
         ("output", str(out)), ("frames written", str(stats.resumed_frames + stats.upscaled)),
         ("frames decoded this run", str(stats.decoded)),
         ("segments encoded this run", f"{stats.encoded_segments} of {len(plan)}"),
         ("resumed from", f"{stats.resumed_segments} segment(s), {stats.resumed_frames} frame(s)"),
-    ], rate, info.width * info.height)
+    ], rate.elapsed, rate.items, "frames/s", rate.items * info.width * info.height)
 
 
 def _started_pool(resources: ExitStack, cluster: str, settings: RunSettings) -> SegmentPool:
@@ -156,7 +119,7 @@ def _started_pool(resources: ExitStack, cluster: str, settings: RunSettings) -> 
 
 
 def _encode(engine: Engine, pool: SegmentPool | None, info: SourceVideo, plan: list[PlannedSegment], encoding: EncodeSettings,
-            out: Path, resume: bool, segment_seconds: float) -> tuple[RunStats, WorkFolder, str, _Rate]:
+            out: Path, resume: bool, segment_seconds: float) -> tuple[RunStats, WorkFolder, str, Rate]:
     """The job, here or on the pool, with a progress bar; resumes the work folder of the same identity."""
     from upscaler.io.video import VideoError
     from upscaler.jobs.video import SegmentJob, encode_segments, job_key, mux, open_work
@@ -170,12 +133,12 @@ def _encode(engine: Engine, pool: SegmentPool | None, info: SourceVideo, plan: l
     if work.segments:
         console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
     backend = engine.description if pool is None else f"{pool.info.backend}; {pool.workers} Ray worker(s)"
-    rate = _Rate()
-    with _progress() as progress:
-        task = progress.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
+    rate = Rate()
+    with progress("frames", "fps") as bar:
+        task = bar.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
 
         def on_frames(count: int) -> None:
-            progress.update(task, advance=count, rate=rate.tick(count))
+            bar.update(task, advance=count, rate=rate.tick(count))
 
         try:
             if pool is None:
@@ -244,28 +207,28 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
     except Y4MError as exc:
         raise fail(f"stdin: {exc}", EXIT_FAILED) from None
     engine = open_engine_or_fail(settings)
-    rate = _Rate()
+    rate = Rate()
     code, message = 0, ""
-    with _progress() as progress:
-        task = progress.add_task("pipe", total=None, rate=0.0)
+    with progress("frames", "fps") as bar:
+        task = bar.add_task("pipe", total=None, rate=0.0)
         try:
             run_pipe(engine, source, stdin, stdout, output_format.value, matrix.value,
-                     lambda: progress.update(task, advance=1, rate=rate.tick()))
+                     lambda: bar.update(task, advance=1, rate=rate.tick()))
         except BrokenPipeError:
             _silence_stdout()
-            message = f"stopped: the reader closed the pipe after {rate.frames} frame(s)"
+            message = f"stopped: the reader closed the pipe after {rate.items} frame(s)"
         except Y4MError as exc:
             code, message = EXIT_FAILED, f"stdin: {exc}"
         except KeyboardInterrupt:
-            code, message = EXIT_INTERRUPTED, f"interrupted after {rate.frames} frame(s)"
+            code, message = EXIT_INTERRUPTED, f"interrupted after {rate.items} frame(s)"
     if code:
         _flush_quietly(stdout)
         raise fail(message, code)
     if message:
         console.print(message, highlight=False)
         return
-    _summary("upscale pipe", [("model", engine.model.source), ("backend", engine.description),
-                              ("frames", str(rate.frames))], rate, source.width * source.height)
+    print_summary("upscale pipe", [("model", engine.model.source), ("backend", engine.description), ("frames", str(rate.items))],
+            rate.elapsed, rate.items, "frames/s", rate.items * source.width * source.height)
 
 
 def _widen_pipe(stream: BinaryIO) -> None:
