@@ -415,7 +415,7 @@ def test_import_converts_lists_and_serves_by_name(tmp_path: Path, runner: CliRun
 
     again = runner.invoke(app, ["import", str(source)])
     assert again.exit_code == 2 and "already imported" in again.output
-    for taken in ("default", "photo", "clean"):
+    for taken in ("default", "photo", "clean", "bicubic"):
         builtin = runner.invoke(app, ["import", str(source), "--name", taken])
         assert builtin.exit_code == 2 and "built-in" in builtin.output, taken
 

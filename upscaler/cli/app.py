@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -146,11 +147,20 @@ def run(args: list[str]) -> int:
     except BrokenPipeError:
         error("the output pipe was closed before the image was written")
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 (the last resort: logged with its traceback, named on one line)
-        log = _crash_log(exc, args)
-        error(f"unexpected {type(exc).__name__}: {exc}; the traceback is in {log}")
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            return _crashed(exc, args)
+        error("standard output is closed: nothing could be written there")
         return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 (the last resort: logged with its traceback, named on one line)
+        return _crashed(exc, args)
     return 0
+
+
+def _crashed(exc: Exception, args: list[str]) -> int:
+    log = _crash_log(exc, args)
+    error(f"unexpected {type(exc).__name__}: {exc}; the traceback is in {log}")
+    return EXIT_FAILED
 
 
 def _crash_log(exc: Exception, args: list[str]) -> Path:

@@ -15,7 +15,7 @@ from upscaler.cli.app import EXIT_FAILED, app, console, fail
 from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.engine.engine import open_engine
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
-from upscaler.models.weights import DEFAULT_MODEL
+from upscaler.models.weights import BASELINE_MODEL, DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help
     from upscaler.quality.evaluate import DatasetScore, ImageScore
@@ -48,7 +48,7 @@ def evaluate(
     except ValueError as exc:
         raise fail(str(exc)) from None
     if record is not None:
-        if model == "bicubic":
+        if model == BASELINE_MODEL:
             raise fail("--record needs a model file, not bicubic")
         check_writable(record)
     try:
@@ -70,7 +70,7 @@ def _score(settings: RunSettings, datasets: list[Path], damage: LowResDamage | N
     """(scale, the model file, one track per dataset): the model's scores, and bicubic's of the same LR when damaged."""
     from upscaler.quality.evaluate import bicubic_upscaler, damaged_pairs, dataset_pairs, picture_upscaler, score_pairs
 
-    if settings.model == "bicubic":
+    if settings.model == BASELINE_MODEL:
         scale, source, upscale = 4, None, bicubic_upscaler(4)
     else:
         engine = open_engine(settings)

@@ -15,7 +15,7 @@ from typing import Any
 
 from upscaler.models.errors import ModelError
 from upscaler.models.onnx_model import PROVENANCE_KEY
-from upscaler.models.weights import BUILTIN_ALIASES, ModelCard, builtin_models, load_model, save_model
+from upscaler.models.weights import BASELINE_MODEL, BUILTIN_ALIASES, ModelCard, builtin_models, load_model, save_model
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -41,7 +41,7 @@ def model_name(source: Path, name: str | None) -> str:
     chosen = name if name is not None else re.sub(r"[^A-Za-z0-9._-]+", "-", source.stem).strip("-._")
     if not NAME_PATTERN.fullmatch(chosen or ""):
         raise ModelError(f"model name {chosen!r}: use letters, digits, '.', '_' or '-' (64 at most), starting with a letter or digit")
-    if chosen in builtin_models() or chosen in BUILTIN_ALIASES:
+    if chosen in builtin_models() or chosen in BUILTIN_ALIASES or chosen == BASELINE_MODEL:
         raise ModelError(f"model name {chosen!r} is a built-in model's; choose another with --name")
     return chosen
 

@@ -28,6 +28,7 @@ FORMAT = "upscaler/1"
 DEFAULT_MODEL = "default"
 # `default` names what most inputs need: JPEG photos and compressed video, not clean bicubic LR.
 BUILTIN_ALIASES = {DEFAULT_MODEL: "photo"}
+BASELINE_MODEL = "bicubic"  # `upscale eval --model bicubic`: the published baseline row, a name no model may take
 MODELS_ENV = "UPSCALER_MODELS"
 
 
