@@ -76,6 +76,24 @@ def test_bad_files_are_named_and_the_batch_goes_on(runner: CliRunner, photos: Pa
     assert _files(out) == ["astronaut.png", "trip/chelsea.png", "trip/day1/rocket.jpg"]
 
 
+
+def test_json_summary_carries_the_counts_the_split_and_every_failure(photos: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import json
+
+    (photos / "notes.jpg").write_text("not a photo")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["dir", str(photos), "-o", str(out), "--model", str(tiny_model), *FAST, "--json"])
+    assert result.exit_code == 1  # one failure: the code says so with --json too
+    report = json.loads(result.stdout)
+    assert (report["written"], report["failed"], report["skipped"]) == (3, 1, 0)
+    assert report["failures"] == [{"file": str(photos / "notes.jpg"), "error": report["failures"][0]["error"]}]
+    assert "not a readable image" in report["failures"][0]["error"]
+    assert report["startup_s"] >= 0 and report["work_s"] > 0 and report["images_per_s"] > 0
+    assert "upscale summary" not in result.output  # the table gives way to the JSON
+    piped = CliRunner().invoke(app, ["image", str(EXAMPLES / "chelsea.png"), "-o", "-", "--json"])
+    assert piped.exit_code == 2 and "--json needs -o FILE" in piped.output
+
+
 def test_skip_existing_leaves_outputs_alone(runner: CliRunner, photos: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "trip").mkdir(parents=True)

@@ -41,6 +41,7 @@ class Backend(str, Enum):
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in or imported model name, or a model file.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary (and every failure) as JSON on standard output instead of the table.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complete outputs that already exist alone (finishes an interrupted run).")]
 ClusterOption = Annotated[str | None, typer.Option(
     "--cluster", metavar="ADDRESS",

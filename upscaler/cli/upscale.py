@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, warn
-from upscaler.cli.options import ClusterOption, FormatOption, OutputFormat, SkipOption, open_engine_or_fail, run_options
+from upscaler.cli.options import (
+    ClusterOption,
+    FormatOption,
+    JsonOption,
+    OutputFormat,
+    SkipOption,
+    open_engine_or_fail,
+    run_options,
+)
 from upscaler.cli.report import Rate, print_summary, progress
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import (
@@ -45,7 +54,7 @@ def _prepare_output(folder: Path, recursive: bool) -> None:
 
 
 def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Callable[[], None],
-               cluster: str | None = None) -> None:
+               cluster: str | None = None, as_json: bool = False) -> None:
     """Upscale `jobs` with a progress bar, report each failure on one line, summarise, set the exit code.
 
     `prepare` (making OUT) runs once the model or cluster is open: a bad model leaves no OUT behind.
@@ -68,10 +77,12 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
         except KeyboardInterrupt:  # while the model loads or a cluster starts: nothing was written yet
             raise fail("interrupted before any image was started", EXIT_INTERRUPTED) from None
         prepare()
-        _report_batch(jobs, runner, skipped, model, backend)
+        _report_batch(jobs, runner, skipped, model, backend, as_json)
 
 
-def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str) -> None:
+def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str,
+                  as_json: bool) -> None:
+    from upscaler import PROCESS_STARTED
     from upscaler.jobs.pictures import Summary
 
     summary = Summary(skipped=skipped)
@@ -94,8 +105,8 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
             console.print("interrupted: finishing the images being written (Ctrl-C again to stop at once)", highlight=False)
         for outcome in runner.drain():
             report(outcome)
-    summary.seconds = rate.elapsed
-    _print_summary(summary, model, backend)
+    summary.seconds, summary.startup_seconds = rate.elapsed, rate.started - PROCESS_STARTED
+    _print_summary(summary, model, backend, as_json)
     if interrupted:
         left = len(jobs) - summary.done - summary.failed
         raise fail(f"interrupted with {left} image(s) left; re-run with --skip-existing to finish", EXIT_INTERRUPTED)
@@ -103,9 +114,14 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_summary(done: Summary, model: str, backend: str = "") -> None:
+def _print_summary(done: Summary, model: str, backend: str = "", as_json: bool = False) -> None:
+    """The summary table on stderr, or with --json the same facts (and each failure) as JSON on stdout."""
+    if as_json:
+        typer.echo(json.dumps(done.to_json(model, backend), indent=2))
+        return
     rows = [("model", model), *([("backend", backend)] if backend else []), ("written", str(done.done)),
-            ("skipped (already there)", str(done.skipped)), ("failed", f"[red]{done.failed}[/]" if done.failed else "0")]
+            ("skipped (already there)", str(done.skipped)), ("failed", f"[red]{done.failed}[/]" if done.failed else "0"),
+            ("start-up", f"{done.startup_seconds:.2f} s (imports, model, plan)")]
     print_summary("upscale summary", rows, done.seconds, done.done, "images/s", done.input_pixels)
 
 
@@ -119,6 +135,7 @@ def upscale_dir(
     skip_existing_outputs: SkipOption = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     cluster: ClusterOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Upscale every image in a folder (PNG, JPEG, WebP, TIFF, BMP) into another folder.
 
@@ -151,7 +168,7 @@ def upscale_dir(
         from upscaler.jobs.pictures import skip_existing
 
         jobs, skipped = skip_existing(jobs)
-    _run_batch(jobs, settings, len(skipped), lambda: _prepare_output(out, recursive), cluster)
+    _run_batch(jobs, settings, len(skipped), lambda: _prepare_output(out, recursive), cluster, as_json)
 
 
 def _file_format(out: Path, requested: OutputFormat) -> str:
@@ -173,28 +190,31 @@ def upscale_image(
     settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
     skip_existing_outputs: SkipOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Upscale one image; `upscale image - -o - --format png` works in a pipeline."""
     if source != STDIO and not source.is_file():
         raise fail(f"{source}: no such file")
     if out == STDIO:
+        if as_json:
+            raise fail("--json needs -o FILE: standard output carries the image")
         _run_piped(source, out, None if format is OutputFormat.keep else FORMATS[format.value], settings)
         return
     fmt = _file_format(out, format)
     if same_file(source, out):
         raise fail(f"{out}: is the input itself; write the result elsewhere")
     if source == STDIO:
-        _run_piped(source, out, fmt, settings)
+        _run_piped(source, out, fmt, settings, as_json)
         return
     if skip_existing_outputs and is_complete(out):
         from upscaler.jobs.pictures import Summary
 
-        _print_summary(Summary(skipped=1), settings.model)
+        _print_summary(Summary(skipped=1), settings.model, as_json=as_json)
         return
-    _run_batch([Job(source, out, fmt)], settings, 0, lambda: _prepare_output(out.parent, recursive=False))
+    _run_batch([Job(source, out, fmt)], settings, 0, lambda: _prepare_output(out.parent, recursive=False), as_json=as_json)
 
 
-def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) -> None:
+def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, as_json: bool = False) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
     from upscaler.engine.frames import FrameError
     from upscaler.jobs.pictures import Summary
@@ -224,6 +244,9 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings) 
         sys.stdout.buffer.flush()
     else:
         write_atomically(out, lambda stream: encode_picture(result, fmt, stream))
-    summary = Summary(done=1, input_pixels=picture.size[0] * picture.size[1], seconds=time.perf_counter() - started)
-    _print_summary(summary, engine.model.source, engine.description)
+    from upscaler import PROCESS_STARTED
+
+    summary = Summary(done=1, input_pixels=picture.size[0] * picture.size[1], seconds=time.perf_counter() - started,
+                      startup_seconds=started - PROCESS_STARTED)
+    _print_summary(summary, engine.model.source, engine.description, as_json)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from upscaler.engine.frames import FrameError
@@ -185,7 +185,9 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     input_pixels: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the work: from the first image started to the last one written
+    startup_seconds: float = 0.0  # before it: imports, the model, the plan
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
 
     def add(self, outcome: Outcome) -> None:
         if outcome.ok:
@@ -193,6 +195,14 @@ class Summary:
             self.input_pixels += outcome.input_pixels
         else:
             self.failed += 1
+            self.failures.append((str(outcome.job.source), outcome.error or ""))
+
+    def to_json(self, model: str, backend: str) -> dict[str, object]:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        return {"model": model, "backend": backend, "written": self.done, "skipped": self.skipped, "failed": self.failed,
+                "startup_s": round(self.startup_seconds, 3), "work_s": round(self.seconds, 3), "images_per_s": rate,
+                "input_megapixels_per_s": self.input_pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0,
+                "failures": [{"file": f, "error": e} for f, e in self.failures]}
 
 
 def skip_existing(jobs: list[Job]) -> tuple[list[Job], list[Path]]:
