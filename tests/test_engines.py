@@ -302,8 +302,10 @@ print(*[image() for _ in range(6)])
 def test_the_next_image_reuses_the_heap_instead_of_faulting_it_in_again() -> None:
     """46 MB activations: glibc alone maps and unmaps each (over its adaptive limit), so every image faults them in again;
     kept, the heap grows to the image's peak once (over the first one to three images, as the threads' allocation order
-    falls) and the images after that fault nothing. The last of six is checked, not the third: under load the heap
-    sometimes settles one image later, and that is not the bug this test is about."""
+    falls) and the images after that fault nothing. The last three of six are checked, and one of them must fault
+    nothing: under load the heap sometimes settles one image later, or one tensor of a later image is mapped anew
+    (seen once in a full suite run: 11,250 pages, exactly one activation), and neither is the bug this test is about;
+    without the setting no image ever faults nothing."""
     def faults(mode: str) -> list[int]:
         run = subprocess.run([sys.executable, "-c", _IMAGES_FAULTS, mode], capture_output=True, text=True, check=True)
         return [int(n) for n in run.stdout.split()]
@@ -311,7 +313,7 @@ def test_the_next_image_reuses_the_heap_instead_of_faulting_it_in_again() -> Non
     plain, kept = faults("plain"), faults("kept")
     page_count = 3 * 2000 * 1920 * 4 // 4096
     assert min(plain[1:]) > page_count  # every image faults its activations in again
-    assert kept[-1] < page_count // 20
+    assert min(kept[3:]) < page_count // 20, kept
 
 
 _POLICY_PROBE = """
