@@ -1,11 +1,10 @@
 """The `upscale` command line: one module per command, loaded when its command is looked up (see app.COMMANDS)."""
 
-import errno
 import io
 import os
 import sys
 
-from upscaler.cli.app import EXIT_INTERRUPTED, app, run
+from upscaler.cli.app import EXIT_INTERRUPTED, ClosedStdout, app, run
 
 
 class ClosedOutput(io.TextIOBase):
@@ -22,7 +21,7 @@ class ClosedOutput(io.TextIOBase):
         return True
 
     def write(self, data: object) -> int:
-        raise OSError(errno.EBADF, "standard output is closed")
+        raise ClosedStdout
 
     def flush(self) -> None:
         pass

@@ -126,6 +126,13 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+class ClosedStdout(OSError):
+    """A write to a standard output the caller closed (`>&-`); see cli.ClosedOutput."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EBADF, "standard output is closed")
+
+
 def run(args: list[str]) -> int:
     """Run one command line and return its exit code; no traceback ever reaches the user.
 
@@ -147,9 +154,7 @@ def run(args: list[str]) -> int:
     except BrokenPipeError:
         error("the output pipe was closed before the image was written")
         return EXIT_FAILED
-    except OSError as exc:
-        if exc.errno != errno.EBADF:
-            return _crashed(exc, args)
+    except ClosedStdout:
         error("standard output is closed: nothing could be written there")
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 (the last resort: logged with its traceback, named on one line)

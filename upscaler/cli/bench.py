@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from upscaler.cli.app import app, fail
-from upscaler.cli.options import run_options
+from upscaler.cli.options import open_engine_or_fail, run_options
 from upscaler.engine.settings import RunSettings
 
 
@@ -29,7 +29,6 @@ def bench(
     CUDA the frames in flight on several streams); decoding and encoding are not included.
     """
     from upscaler.engine.bench import frame_from_photo, run_bench
-    from upscaler.engine.engine import open_engine
     from upscaler.io.examples import example_pixels
 
     try:
@@ -38,8 +37,8 @@ def bench(
             raise ValueError(size)
     except ValueError:
         raise fail(f"--size {size}: give the frame size as WIDTHxHEIGHT, e.g. 960x540") from None
+    engine = open_engine_or_fail(settings)
     try:
-        engine = open_engine(settings)
         frame = frame_from_photo(example_pixels(), width, height)
         result = run_bench(engine, frame, frames, warmup, engine.model.descriptor.macs_per_input_pixel)
     except (ValueError, FileNotFoundError) as exc:

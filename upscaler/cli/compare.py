@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from upscaler.engine.engine import Engine
+    from upscaler.train.degradations import LowResDamage
 
 DEFAULT_MODELS = ["clean", "photo"]
 
@@ -50,6 +51,7 @@ def compare(
     With --reference (or --degrade) each panel shows its PSNR/SSIM and the reference is the last panel.
     """
     from upscaler.quality.compare import as_rgb, check_crop, detail_crops, panels_for, sheet
+    from upscaler.train.degradations import LowResDamage
 
     if out.suffix.lower() != ".png":
         raise fail(f"-o {out}: the sheet is a PNG; name it .png")
@@ -57,12 +59,14 @@ def compare(
         raise fail("--degrade makes IMAGE the reference; give --reference only without it")
     try:
         base = RunSettings(model="", tile=parse_tile(tile), overlap=overlap, device=device, precision=precision)
+        damage = LowResDamage.parse(degrade) if degrade is not None else None
     except ValueError as exc:
         raise fail(str(exc)) from None
+    given = as_rgb(to_uint8(_read(image)))  # a missing or bad file is named before any model loads
+    wanted = None if reference is None else as_rgb(to_uint8(_read(reference)))
     engines = _open_each(models or DEFAULT_MODELS, base)
     scale = engines[0][1].scale
-    given = as_rgb(to_uint8(_read(image)))
-    lr, hr = _damaged(given, degrade, seed, scale) if degrade else (given, None if reference is None else as_rgb(to_uint8(_read(reference))))
+    lr, hr = _damaged(given, damage, seed, scale) if damage is not None else (given, wanted)
     try:
         windows = [check_crop(_parse_crop(crop), lr.shape[1], lr.shape[0])] if crop else detail_crops(lr, crop_size, crops)
     except ValueError as exc:
@@ -94,15 +98,10 @@ def _open_each(models: list[str], base: RunSettings) -> list[tuple[str, Engine]]
     return engines
 
 
-def _damaged(original: np.ndarray, spec: str, seed: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+def _damaged(original: np.ndarray, damage: LowResDamage, seed: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(LR, reference): the original cut to a multiple of `scale`, and its damaged MATLAB-bicubic downscale."""
     from upscaler.quality.evaluate import bicubic_resize
-    from upscaler.train.degradations import LowResDamage
 
-    try:
-        damage = LowResDamage.parse(spec)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
     hr = original[: original.shape[0] // scale * scale, : original.shape[1] // scale * scale]
     return damage.apply_uint8(bicubic_resize(hr, 1 / scale), seed), hr
 

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from upscaler.cli.app import EXIT_FAILED, app, console, fail
-from upscaler.cli.options import DeviceOption, ModelOption
-from upscaler.engine.engine import open_engine
+from upscaler.cli.options import DeviceOption, ModelOption, open_engine_or_fail
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
 from upscaler.models.weights import BASELINE_MODEL, DEFAULT_MODEL
 
@@ -73,7 +72,7 @@ def _score(settings: RunSettings, datasets: list[Path], damage: LowResDamage | N
     if settings.model == BASELINE_MODEL:
         scale, source, upscale = 4, None, bicubic_upscaler(4)
     else:
-        engine = open_engine(settings)
+        engine = open_engine_or_fail(settings)
         scale, source, upscale = engine.scale, engine.model.source, picture_upscaler(engine.upscale)
     upscalers = {"model": upscale} if damage is None else {"model": upscale, "bicubic": bicubic_upscaler(scale)}
     tracks = []

@@ -361,7 +361,9 @@ def encode_segments(source: SourceVideo, work: WorkFolder, plan: list[PlannedSeg
 def open_work(out: Path, key: dict[str, object], resume: bool) -> WorkFolder:
     """OUT's work folder: what a previous run of the same job left (if `resume`), else emptied."""
     work = WorkFolder(out, key)
-    if not (resume and work.load()):
+    if resume:
+        work.load()  # empties the folder itself when the job differs
+    else:
         work.clear()
     return work
 
