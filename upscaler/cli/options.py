@@ -32,6 +32,13 @@ class OutputFormat(str, Enum):
     bmp = "bmp"
 
 
+class TiffCompression(str, Enum):
+    none = "none"
+    deflate = "deflate"
+    lzw = "lzw"
+    zstd = "zstd"
+
+
 class Backend(str, Enum):
     auto = "auto"
     tensorrt = "tensorrt"
@@ -41,6 +48,9 @@ class Backend(str, Enum):
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in or imported model name, or a model file.")]
 FormatOption = Annotated[OutputFormat, typer.Option(help="Output format; keep writes the input's.")]
+TiffCompressionOption = Annotated[TiffCompression, typer.Option(
+    help="How TIFF outputs are compressed, losslessly: deflate reads everywhere; lzw is older and larger; zstd is "
+         "smaller and faster but libtiff 4.0+ only (not ffmpeg, not older editors); none for raw strips.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary (and every failure) as JSON on standard output instead of the table.")]
 SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complete outputs that already exist alone (finishes an interrupted run).")]
 ClusterOption = Annotated[str | None, typer.Option(

@@ -20,6 +20,8 @@ from upscaler.cli.options import (
     JsonOption,
     OutputFormat,
     SkipOption,
+    TiffCompression,
+    TiffCompressionOption,
     open_engine_or_fail,
     run_options,
 )
@@ -37,6 +39,7 @@ from upscaler.io.files import (
     write_atomically,
 )
 from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_picture, read_picture, read_picture_bytes
+from upscaler.io.tiff import DEFAULT_COMPRESSION
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
     from upscaler.cluster.ray_runner import ClusterRunner
@@ -132,6 +135,7 @@ def upscale_dir(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; relative paths are kept under it.")],
     settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
+    tiff_compression: TiffCompressionOption = TiffCompression.deflate,
     skip_existing_outputs: SkipOption = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     cluster: ClusterOption = None,
@@ -154,7 +158,7 @@ def upscale_dir(
         raise fail(f"{in_dir}: cannot list the folder ({exc.strerror})") from None
     for path, reason in found.passed_over:
         warn(f"{path}: {reason}")
-    jobs = plan_jobs(found.sources, in_dir, out, format.value)
+    jobs = plan_jobs(found.sources, in_dir, out, format.value, tiff_compression.value)
     problems = clashes(jobs, fold_case=ignores_case(out))
     if problems:
         for problem in problems[:-1]:
@@ -189,6 +193,7 @@ def upscale_image(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file (its suffix picks the format); - writes to standard output.")],
     settings: RunSettings,
     format: FormatOption = OutputFormat.keep,
+    tiff_compression: TiffCompressionOption = TiffCompression.deflate,
     skip_existing_outputs: SkipOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -198,23 +203,25 @@ def upscale_image(
     if out == STDIO:
         if as_json:
             raise fail("--json needs -o FILE: standard output carries the image")
-        _run_piped(source, out, None if format is OutputFormat.keep else FORMATS[format.value], settings)
+        _run_piped(source, out, None if format is OutputFormat.keep else FORMATS[format.value], settings,
+                   tiff_compression=tiff_compression.value)
         return
     fmt = _file_format(out, format)
     if same_file(source, out):
         raise fail(f"{out}: is the input itself; write the result elsewhere")
     if source == STDIO:
-        _run_piped(source, out, fmt, settings, as_json)
+        _run_piped(source, out, fmt, settings, as_json, tiff_compression.value)
         return
     if skip_existing_outputs and is_complete(out):
         from upscaler.jobs.pictures import Summary
 
         _print_summary(Summary(skipped=1), settings.model, as_json=as_json)
         return
-    _run_batch([Job(source, out, fmt)], settings, 0, lambda: _prepare_output(out.parent, recursive=False), as_json=as_json)
+    _run_batch([Job(source, out, fmt, tiff_compression=tiff_compression.value)], settings, 0, lambda: _prepare_output(out.parent, recursive=False), as_json=as_json)
 
 
-def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, as_json: bool = False) -> None:
+def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, as_json: bool = False,
+               tiff_compression: str = DEFAULT_COMPRESSION) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
     from upscaler.engine.frames import FrameError
     from upscaler.jobs.pictures import Summary
@@ -239,11 +246,11 @@ def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, 
         raise fail(f"{name}: {exc}", EXIT_FAILED) from None
     if out == STDIO:
         encoded = io.BytesIO()  # seekable, as TIFF needs; a pipe is not
-        encode_picture(result, fmt, encoded)
+        encode_picture(result, fmt, encoded, tiff_compression)
         sys.stdout.buffer.write(encoded.getvalue())
         sys.stdout.buffer.flush()
     else:
-        write_atomically(out, lambda stream: encode_picture(result, fmt, stream))
+        write_atomically(out, lambda stream: encode_picture(result, fmt, stream, tiff_compression))
     from upscaler import PROCESS_STARTED
 
     summary = Summary(done=1, input_pixels=picture.size[0] * picture.size[1], seconds=time.perf_counter() - started,

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from upscaler.io.images import FORMATS, SUFFIX_FORMATS, SUFFIXES
+from upscaler.io.tiff import DEFAULT_COMPRESSION
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 _TEMP_NAME = re.compile(r"\.upscale-(\d+)-(\d+)\.tmp")
@@ -39,6 +40,7 @@ class Job:
     target: Path
     format: str  # Pillow's name of the format to write
     root: Path | None = None  # the output folder nothing may be written outside of (None: the target's folder)
+    tiff_compression: str = DEFAULT_COMPRESSION  # for TIFF targets: a key of io.tiff.COMPRESSIONS
 
 
 @dataclass
@@ -109,8 +111,10 @@ def target_path(source: Path, in_dir: Path, out_dir: Path, fmt: str) -> Path:
     return out_dir / relative.parent / name
 
 
-def plan_jobs(sources: list[Path], in_dir: Path, out_dir: Path, requested: str) -> list[Job]:
-    return [Job(s, target_path(s, in_dir, out_dir, fmt), fmt, out_dir) for s in sources for fmt in [output_format(s, requested)]]
+def plan_jobs(sources: list[Path], in_dir: Path, out_dir: Path, requested: str,
+              tiff_compression: str = DEFAULT_COMPRESSION) -> list[Job]:
+    return [Job(s, target_path(s, in_dir, out_dir, fmt), fmt, out_dir, tiff_compression)
+            for s in sources for fmt in [output_format(s, requested)]]
 
 
 def clashes(jobs: list[Job], fold_case: bool = False) -> list[str]:

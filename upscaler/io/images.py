@@ -3,9 +3,10 @@
 Pixels stay the integers they were decoded as (uint8 or uint16): colour HxWx3 (or HxW for
 grayscale) and an optional HxW alpha of the same type. Conversion to floats, scaling, clamping
 and quantising happen in the engine, on the device that runs the model.
-Pillow decodes everything it decodes exactly; 16-bit RGB(A) PNG/TIFF, which Pillow reduces
-to 8 bits, is decoded by the ffmpeg binary that imageio-ffmpeg ships. PNG and 16-bit RGB(A)
-TIFF are written by streaming writers of our own (io/png.py, io/tiff.py); the rest by Pillow.
+Pillow decodes everything it decodes exactly; 16-bit RGB(A) TIFF, which Pillow reduces to 8
+bits, is decoded by tifffile (io/tiff.py), 16-bit RGB(A) PNG by the ffmpeg binary that
+imageio-ffmpeg ships. PNG is written by a streaming writer of our own (io/png.py), TIFF by
+tifffile (io/tiff.py), the rest by Pillow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from upscaler.io.png import write_png
-from upscaler.io.tiff import write_tiff16
+from upscaler.io.tiff import DEFAULT_COMPRESSION, LAYOUT_TAGS, read_tiff_pixels, write_tiff
 
 # Output format names (as --format spells them) to Pillow's names and file suffixes.
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
@@ -29,10 +30,6 @@ SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _ORIENTATION = 0x0112
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
-# Tags that describe how a file's pixels are stored, not the photo: a TIFF's getexif() returns
-# them, and carried into another file they would contradict its real layout.
-_LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514,
-                34675}  # 34675: a TIFF's own ICC profile, carried (or dropped) as `icc` instead
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 _SIXTEEN_BIT_LAYOUTS = {"RGB": ("rgb48le", 3), "RGBA": ("rgba64le", 4), "LA": ("ya16le", 2)}  # stored layout: ffmpeg's
 
@@ -107,7 +104,7 @@ def _decode(img: Image.Image, source: Path | io.BytesIO) -> Picture:
     icc = img.info.get("icc_profile") if img.mode != "CMYK" else None
     layout = str(raw_mode).split(";")[0]
     if layout in _SIXTEEN_BIT_LAYOUTS and ";16" in str(raw_mode):
-        pixels = _decode_16bit_rgb(source, fmt, img.size, layout)
+        pixels = _decode_16bit_tiff(source, img.size, layout) if fmt == "TIFF" else _decode_16bit_png(source, img.size, layout)
     else:
         img.load()
         pixels = _pillow_pixels(img)
@@ -115,8 +112,9 @@ def _decode(img: Image.Image, source: Path | io.BytesIO) -> Picture:
     color, alpha = _split_alpha(pixels)
     if orientation != 1:
         exif[_ORIENTATION] = 1
-    for tag in _LAYOUT_TAGS & set(exif):
+    for tag in LAYOUT_TAGS & set(exif):
         del exif[tag]
+    exif.bigtiff = False  # a BigTIFF's EXIF in the classic layout, the one every container (and Pillow) reads back
     return Picture(color, alpha, fmt, exif.tobytes() if len(exif) else None, icc)
 
 
@@ -142,14 +140,29 @@ def _refuse_frames(img: Image.Image) -> None:
         raise PictureError(f"{frames} frames (animated or multi-page {img.format}); only single-frame images are upscaled")
 
 
-def _decode_16bit_rgb(source: Path | io.BytesIO, fmt: str, size: tuple[int, int], layout: str) -> np.ndarray:
-    """16-bit RGB, RGBA or gray+alpha, which Pillow would reduce to 8 bits.
+def _decode_16bit_tiff(source: Path | io.BytesIO, size: tuple[int, int], layout: str) -> np.ndarray:
+    """16-bit RGB, RGBA or gray+alpha TIFF, which Pillow would reduce to 8 bits."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        pixels = read_tiff_pixels(source)
+    except Exception as exc:  # noqa: BLE001 - a decoder's verdict on hostile bytes, whatever its type: one line
+        raise PictureError(f"corrupt or truncated 16-bit TIFF ({type(exc).__name__}: {exc})") from None
+    width, height = size
+    expected = (height, width, _SIXTEEN_BIT_LAYOUTS[layout][1])
+    if pixels.shape != expected or pixels.dtype != np.uint16:
+        raise PictureError(f"16-bit TIFF decoded as {pixels.dtype} {pixels.shape}, not the {expected} its header declares")
+    return pixels
+
+
+def _decode_16bit_png(source: Path | io.BytesIO, size: tuple[int, int], layout: str) -> np.ndarray:
+    """16-bit RGB, RGBA or gray+alpha PNG, which Pillow would reduce to 8 bits.
 
     ffmpeg reads the file's bytes from a pipe, as one packet: a path is never parsed (`%d` is a pattern to it).
     """
     data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
     pix_fmt, channels = _SIXTEEN_BIT_LAYOUTS[layout]
-    whole = ["-f", "image2pipe", "-frame_size", str(len(data)), "-c:v", fmt.lower(), "-i", "-"]
+    whole = ["-f", "image2pipe", "-frame_size", str(len(data)), "-c:v", "png", "-i", "-"]
     out = _ffmpeg([*whole, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], data)
     width, height = size
     expected = width * height * channels * 2
@@ -177,24 +190,23 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def pillow_encodes(fmt: str) -> bool:
-    """Pillow encodes `fmt` (PNG has its own streaming writer): 8-bit RGB is best handed over as RGBX,
-    Pillow's own layout, which it encodes in place; the PNG writer wants plain, contiguous RGB."""
-    return fmt != "PNG"
+    """Pillow encodes `fmt` (PNG and TIFF have writers of their own): 8-bit RGB is best handed over as RGBX,
+    Pillow's own layout, which it encodes in place; the other writers want plain, contiguous RGB."""
+    return fmt not in ("PNG", "TIFF")
 
 
-def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
+def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO, tiff_compression: str = DEFAULT_COMPRESSION) -> None:
     """Write `picture` as `fmt` to `path` or a seekable binary stream (the caller makes that a temporary file)."""
     if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
         picture = _to_8bit(picture)
     if fmt in ("JPEG", "BMP") and picture.alpha is not None:  # no alpha in these files: composite on white
         picture = _flatten_on_white(picture)
-    if fmt == "PNG":  # streamed from the pixels, any depth and layout: no full-size copy
+    if fmt in ("PNG", "TIFF"):  # encoded from the pixels, any depth and layout: no full-size copy
         exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
-        write_png(path, picture.color, picture.alpha, picture.icc, exif)
-        return
-    if picture.bits == 16 and (picture.color.ndim == 3 or picture.alpha is not None):  # Pillow has no 48/64-bit RGB
-        exif = _resized_exif(picture.exif, picture.size) if picture.exif else None
-        write_tiff16(path, picture.color, picture.alpha, picture.icc, exif)
+        if fmt == "PNG":
+            write_png(path, picture.color, picture.alpha, picture.icc, exif)
+        else:
+            write_tiff(path, picture.color, picture.alpha, picture.icc, exif, tiff_compression)
         return
     img = _to_pillow(picture)
     options: dict[str, object] = {}
@@ -206,8 +218,6 @@ def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO) -> None:
         options.update(quality=95, subsampling=0)
     elif fmt == "WEBP":
         options.update(quality=95, method=4)
-    elif fmt == "TIFF":
-        options["compression"] = "tiff_deflate"
     if img.mode == "RGBX" and fmt == "BMP":
         img = img.convert("RGB")
     img.save(path, format=fmt, **options)
@@ -251,7 +261,7 @@ def _to_pillow(picture: Picture) -> Image.Image:
         # The RGB view of an RGBX buffer (the engine's output): Pillow encodes it in place, no copy.
         padded = np.lib.stride_tricks.as_strided(color, (*color.shape[:2], 4), (color.shape[1] * 4, 4, 1))
         return Image.frombuffer("RGBX", (color.shape[1], color.shape[0]), padded, "raw", "RGBX", 0, 1)
-    if picture.alpha is None:  # 16-bit here is grayscale: 16-bit RGB TIFF has its own writer
+    if picture.alpha is None:
         return Image.fromarray(color)
     stacked = np.dstack([picture.color, picture.alpha])
     return Image.fromarray(stacked, mode="RGBA" if picture.color.ndim == 3 else "LA")

@@ -1,114 +1,130 @@
-"""A streaming TIFF writer for 16-bit RGB(A), which Pillow cannot write: ICC and EXIF kept, memory one strip.
+"""TIFF through tifffile: strips compressed with deflate (the default), LZW or zstd; BigTIFF past 4 GiB; ICC and EXIF kept.
 
-Little-endian baseline TIFF with uncompressed strips of about 1 MiB, written straight from the
-pixel arrays. The directory (with every strip's offset and size) comes before the pixels, so
-the file can go to a pipe, and encoding needs memory for one strip whatever the picture's size.
-Uncompressed, because compressed strip sizes would only be known after the pixels; TIFF's
-PackBits (what ffmpeg wrote before) barely shrinks 16-bit photos anyway. EXIF tags are
-serialised by Pillow, Exif sub-IFD included, at the offset where they land. The file's own
-layout tags win over any of the same number in the EXIF.
+Strips, not tiles: ffmpeg's TIFF decoder (and older readers) read tiled files wrongly. Each strip
+is cut from views into the picture and encoded only when tifffile writes it, so writing holds one
+strip beside the pixels, whatever their size. tifffile writes no Exif sub-IFD (its TiffWriter says
+so), so EXIF goes in after the pixels: Pillow lays the EXIF out at the end of the file, then a
+new first directory follows it, holding tifffile's entries and the EXIF's (the file's own layout
+wins), and the header is pointed at it; tifffile's first directory stays behind unused, a few
+hundred bytes. A BigTIFF's sub-IFDs would need the 8-byte offsets that Pillow does not write,
+so a picture past classic TIFF's 4 GiB keeps its ICC profile but not its EXIF.
+
+Reading: the 16-bit layouts Pillow would reduce to 8 bits are decoded here, in-process.
 """
 
 from __future__ import annotations
 
-import errno
+import io
 import struct
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import tifffile
 from PIL import Image
 
-_HEADER = b"II*\x00"  # little-endian
-_STRIP_BYTES = 1 << 20
-_SHORT, _LONG, _UNDEFINED = 3, 4, 7
-_WIDTH, _HEIGHT, _BITS, _COMPRESSION, _PHOTOMETRIC = 256, 257, 258, 259, 262
-_STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP, _STRIP_COUNTS, _PLANAR, _EXTRA_SAMPLES = 273, 277, 278, 279, 284, 338
-_ICC_PROFILE = 34675
-_UNASSOCIATED_ALPHA = 2
-_LARGEST = (1 << 32) - 1  # classic TIFF's offsets are 32 bits
+COMPRESSIONS = {"none": 1, "deflate": 8, "lzw": 5, "zstd": 50000}  # `--tiff-compression` -> TIFF's Compression tag
+DEFAULT_COMPRESSION = "deflate"
+# Tags that describe how a file's pixels are stored, not the photo: a TIFF's EXIF (Pillow's getexif())
+# returns them, and carried into another file they would contradict its real layout.
+LAYOUT_TAGS = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514,
+                         34675})  # 34675: the file's own ICC profile, carried (or dropped) as `icc` instead
+_STRIP_BYTES = 1 << 18  # tifffile's own choice for compressed strips: about 256 KiB of pixels each
+_CLASSIC_LIMIT = (1 << 32) - (1 << 25)  # tifffile's own margin below classic TIFF's 32-bit offsets
+_ENTRY = struct.Struct("<HHI4s")
 
 
-def write_tiff16(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
-                 exif: bytes | None = None) -> None:
-    """Write HxWx3 (or HxW gray, stored as RGB) uint16 `color` with an optional HxW uint16 `alpha`."""
+def write_tiff(out: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
+               exif: bytes | None = None, compression: str = DEFAULT_COMPRESSION) -> None:
+    """HxWx3 or HxW `color` (uint8 or uint16) and an optional HxW `alpha` of the same type, to a path or a seekable stream.
+
+    16-bit gray with alpha is stored as RGB + alpha: Pillow, and most readers, open no 16-bit gray-alpha TIFF.
+    """
     height, width = color.shape[:2]
-    channels = 3 + (alpha is not None)
-    row_bytes = width * channels * 2
-    rows = max(1, min(height, _STRIP_BYTES // row_bytes))
-    head = bytearray(_HEADER + bytes(4))  # the directory's offset goes in the last four bytes
-    entries: dict[int, bytes] = {}
-    if exif:
-        tags = Image.Exif()
-        tags.load(exif)
-        tags.endian = "<"
-        start = len(head)
-        head += tags.tobytes(start)[len(b"Exif\x00\x00") + 8 :]  # its directory alone, laid out for this offset
-        entries.update(_entries(head, start))
-        _align(head)
-    if icc:
-        entries[_ICC_PROFILE] = _entry(_ICC_PROFILE, _UNDEFINED, len(icc), icc if len(icc) <= 4 else len(head))
-        if len(icc) > 4:
-            head += icc
-            _align(head)
-    strips = [(top, min(rows, height - top)) for top in range(0, height, rows)]
-    own: dict[int, tuple[int, list[int]]] = {
-        _WIDTH: (_LONG, [width]), _HEIGHT: (_LONG, [height]), _BITS: (_SHORT, [16] * channels),
-        _COMPRESSION: (_SHORT, [1]), _PHOTOMETRIC: (_SHORT, [2]), _STRIP_OFFSETS: (_LONG, [0] * len(strips)),
-        _SAMPLES: (_SHORT, [channels]), _ROWS_PER_STRIP: (_LONG, [rows]),
-        _STRIP_COUNTS: (_LONG, [count * row_bytes for _, count in strips]), _PLANAR: (_SHORT, [1]),
-    }
-    if alpha is not None:
-        own[_EXTRA_SAMPLES] = (_SHORT, [_UNASSOCIATED_ALPHA])
-    for tag in own:
-        entries.pop(tag, None)
-    directory_at = len(head)
-    arrays_at = directory_at + 2 + 12 * (len(entries) + len(own)) + 4
-    pixels_at = arrays_at + sum(size for kind, values in own.values() if (size := len(_values(kind, values))) > 4)
-    if pixels_at + height * row_bytes > _LARGEST:
-        raise OSError(errno.EFBIG, "over classic TIFF's 4 GiB; write PNG instead")
-    own[_STRIP_OFFSETS] = (_LONG, [pixels_at + top * row_bytes for top, _ in strips])
-    arrays = bytearray()
-    for tag, (kind, values) in own.items():
-        data = _values(kind, values)
-        entries[tag] = _entry(tag, kind, len(values), data if len(data) <= 4 else arrays_at + len(arrays))
-        if len(data) > 4:
-            arrays += data  # shorts and longs: always an even length, so every offset stays on a word
-    struct.pack_into("<I", head, 4, directory_at)
-    directory = struct.pack("<H", len(entries)) + b"".join(entries[tag] for tag in sorted(entries)) + struct.pack("<I", 0)
-    with open(path, "wb") if isinstance(path, Path) else nullcontext(path) as out:
-        out.write(bytes(head) + directory + bytes(arrays))
-        for top, count in strips:
-            out.write(_strip(color[top : top + count], None if alpha is None else alpha[top : top + count]).data)
-
-
-def _strip(color: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """Rows as the file stores them: samples interleaved, little-endian."""
-    planes = [color] if color.ndim == 3 else [color[..., None]] * 3
-    if alpha is not None:
+    if alpha is None:
+        planes = [color]
+    else:
+        planes = [color] if color.ndim == 3 else [color[..., None]] * (3 if color.itemsize == 2 else 1)
         planes.append(alpha[..., None])
-    return np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0], dtype="<u2")
+    channels = sum(plane.shape[2] if plane.ndim == 3 else 1 for plane in planes)
+    rows = max(1, min(height, _STRIP_BYTES // (width * channels * color.itemsize)))
+    bigtiff = height * width * channels * color.itemsize > _CLASSIC_LIMIT
+    tag = COMPRESSIONS[compression]
+    with open(out, "w+b") if isinstance(out, Path) else nullcontext(out) as stream:
+        start = stream.tell()
+        with tifffile.TiffWriter(stream, bigtiff=bigtiff, byteorder="<") as tif:
+            tif.write(_strips(planes, rows, tag), shape=(height, width, channels) if channels > 1 else (height, width),
+                      dtype=color.dtype, photometric="minisblack" if channels < 3 else "rgb",
+                      planarconfig="contig" if channels > 1 else None,
+                      extrasamples=["unassalpha"] if alpha is not None else None, rowsperstrip=rows,
+                      compression=tag, predictor=tag != 1, iccprofile=icc, metadata=None, software=False)
+        if exif and not bigtiff:
+            _attach_exif(stream, start, exif)
 
 
-def _values(kind: int, values: list[int]) -> bytes:
-    return struct.pack(f"<{len(values)}{'H' if kind == _SHORT else 'I'}", *values)
+def _strips(planes: list[np.ndarray], rows: int, compression: int) -> Iterator[bytes]:
+    """The picture's strips, top to bottom, each interleaved from the planes and encoded only when it is written.
+
+    tifffile takes a single page's strips from an iterator only as encoded bytes, so the horizontal
+    predictor and the codec are applied here, with tifffile's own functions for them.
+    """
+    encode = tifffile.TIFF.COMPRESSORS[compression] if compression != 1 else None
+    for top in range(0, planes[0].shape[0], rows):
+        parts = [plane[top : top + rows] for plane in planes]
+        strip = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2), dtype="<" + parts[0].dtype.char)
+        if encode is None:
+            yield strip.tobytes()
+        else:
+            yield encode(tifffile.TIFF.PREDICTORS[2](strip, axis=1))
 
 
-def _entry(tag: int, kind: int, count: int, value: bytes | int) -> bytes:
-    """One 12-byte directory entry: a value of four bytes or fewer inline, else the offset of its bytes."""
-    inline = value.ljust(4, b"\x00") if isinstance(value, bytes) else struct.pack("<I", value)
-    return struct.pack("<HHI", tag, kind, count) + inline
+def _attach_exif(stream: BinaryIO, start: int, exif: bytes) -> None:
+    """Append the EXIF and a first directory that carries it (offsets count from `start`, the TIFF's first byte)."""
+    stream.seek(start)
+    head = stream.read(8)
+    (first,) = struct.unpack_from("<I", head, 4)
+    stream.seek(start + first)
+    (count,) = struct.unpack("<H", stream.read(2))
+    entries = _entries(stream.read(count * _ENTRY.size))
+    stream.seek(0, io.SEEK_END)
+    at = _aligned(stream, start)
+    tags = Image.Exif()
+    tags.load(exif)
+    tags.endian = "<"
+    laid_out = tags.tobytes(at)[len(b"Exif\x00\x00") + 8 :]  # its directory at `at`, sub-IFDs after it
+    (exif_count,) = struct.unpack_from("<H", laid_out)
+    for tag, entry in _entries(laid_out[2 : 2 + exif_count * _ENTRY.size]).items():
+        if tag not in LAYOUT_TAGS:
+            entries[tag] = entry
+    stream.write(laid_out)
+    directory = _aligned(stream, start)
+    stream.write(struct.pack("<H", len(entries)) + b"".join(entries[tag] for tag in sorted(entries)) + bytes(4))
+    stream.seek(start + 4)
+    stream.write(struct.pack("<I", directory))
+    stream.seek(0, io.SEEK_END)
 
 
-def _entries(data: bytearray, directory: int) -> dict[int, bytes]:
-    """The 12-byte entries of the directory at `directory`, by tag."""
-    (count,) = struct.unpack_from("<H", data, directory)
-    raw = [bytes(data[directory + 2 + i * 12 : directory + 14 + i * 12]) for i in range(count)]
-    return {struct.unpack_from("<H", entry)[0]: entry for entry in raw}
+def _entries(data: bytes) -> dict[int, bytes]:
+    """12-byte classic-TIFF directory entries by tag."""
+    return {_ENTRY.unpack_from(data, i)[0]: data[i : i + _ENTRY.size] for i in range(0, len(data), _ENTRY.size)}
 
 
-def _align(data: bytearray) -> None:
-    """TIFF offsets point at word boundaries."""
-    if len(data) % 2:
-        data += b"\x00"
+def _aligned(stream: BinaryIO, start: int) -> int:
+    """The stream's end, padded to a word boundary (TIFF offsets point at words), as an offset in the TIFF."""
+    at = stream.tell() - start
+    if at % 2:
+        stream.write(b"\x00")
+        at += 1
+    return at
+
+
+def read_tiff_pixels(source: Path | io.BytesIO) -> np.ndarray:
+    """The first page's samples, HxWxS in native byte order (raises ValueError and kin for a broken file)."""
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages.first
+        pixels = page.asarray()
+        if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and pixels.ndim == 3:
+            pixels = np.moveaxis(pixels, 0, 2)
+    return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)

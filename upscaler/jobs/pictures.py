@@ -35,7 +35,7 @@ class Outcome:
 
 
 def _write(job: Job, picture: Picture) -> None:
-    write_atomically(job.target, lambda stream: encode_picture(picture, job.format, stream), job.root)
+    write_atomically(job.target, lambda stream: encode_picture(picture, job.format, stream, job.tiff_compression), job.root)
 
 
 def _describe(exc: BaseException) -> str:

@@ -103,7 +103,7 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
             raise ValueError(f"{path}: not a safetensors file (header is not JSON)") from None
     metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: not a safetensors file (no metadata object)")
+        raise ValueError(f"{path}: not a safetensors file (no metadata object)")  # noqa: TRY004 - callers catch ValueError for any bad file
     return {str(k): str(v) for k, v in metadata.items()}
 
 
