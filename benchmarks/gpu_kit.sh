@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Carried (pinned to the versions the suite passes with). typer >= 0.29 needs pydantic at run time (lazily).
 WHEELS=(av==18.1.0 isal==1.9.1 typer==0.29.2 rich==15.0.0 pillow==13.0.0 pydantic==2.13.4 pydantic-core==2.46.4
-        annotated-types==0.7.0 typing-inspection==0.4.5)
+        annotated-types==0.7.0 typing-inspection==0.4.5 tifffile==2026.3.3)
 # Present on the GPU image (its package list), at versions that do: not carried.
 PRESENT=(torch numpy safetensors pytest hypothesis click shellingham annotated-doc markdown-it-py mdurl pygments typing-extensions)
-# Not carried: imageio-ffmpeg (a 30 MiB ffmpeg binary; only 16-bit RGB(A) decoding and tests/test_video.py use it).
+# Not carried: imageio-ffmpeg (a 30 MiB ffmpeg binary; only 16-bit RGB(A) PNG decoding and tests/test_video.py use it)
+# and imagecodecs (26 MiB; tifffile needs it for LZW and zstd only: deflate TIFF works without it).
 LIMIT=$((64 * 1024 * 1024))
 case "${1:-}" in
   prepare)

@@ -151,3 +151,23 @@ def test_a_pipe_target_receives_the_compression_asked_for(tiny_model: Path, tmp_
     assert tags.get(0x010F) == "piped"
     refused = CliRunner().invoke(app, ["image", str(source), "-o", str(tmp_path / "o.tif"), "--tiff-compression", "lz4"])
     assert refused.exit_code == 2 and "lz4" in refused.output and not (tmp_path / "o.tif").exists()
+
+
+def test_dir_writes_each_compression_through_the_atomic_writer(tiny_model: Path, tmp_path: Path) -> None:
+    """The real path: a temporary file from os.fdopen (whose name is an int), fsync, rename."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    write_tiff(photos / "deep.tif", rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16), None, ICC, _exif("deep"))
+    Image.fromarray(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)).save(photos / "shallow.png")
+    for compression in ("zstd", "none"):
+        out = tmp_path / compression
+        result = CliRunner().invoke(app, ["dir", str(photos), "-o", str(out), "--format", "tiff", "--tiff-compression",
+                                          compression, "--model", str(tiny_model), "--device", "cpu", "--precision", "fp32"])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == ["deep.tif", "shallow.tif"]
+        for name, size, bits in (("deep.tif", (36, 44), 16), ("shallow.tif", (32, 24), 8)):
+            with tifffile.TiffFile(out / name) as tif:
+                assert tif.pages.first.compression == COMPRESSIONS[compression]
+            back = read_picture(out / name)
+            assert back.size == size and back.bits == bits and back.icc == (ICC if bits == 16 else None)

@@ -30,10 +30,10 @@ def compare(
     image: Annotated[Path, typer.Argument(help="The low-resolution input: a photo as users have it, or an LR made from a reference.")],
     out: Annotated[Path, typer.Option("--output", "-o", help="The sheet to write (PNG).")],
     models: Annotated[list[str] | None, typer.Option("--model", "-m", show_default=False, help=(
-        "A model to show (repeat it): built-in or imported name, or a model file [default: clean and photo]."))] = None,
+        "A model to show (repeat it): built-in or imported name, or a model file \\[default: clean and photo]."))] = None,
     reference: Annotated[Path | None, typer.Option(help=(
         "The original at the output size: shown last; each other panel gets its PSNR/SSIM against it (Y, border = scale, whole image)."))] = None,
-    crop: Annotated[str | None, typer.Option(metavar="X,Y,W,H", help="The crop in input pixels [default: the windows with the most detail].")] = None,
+    crop: Annotated[str | None, typer.Option(metavar="X,Y,W,H", help="The crop in input pixels \\[default: the windows with the most detail].")] = None,
     crops: Annotated[int, typer.Option(min=1, max=8, help="How many detailed windows, one row each (without --crop).")] = 2,
     crop_size: Annotated[int, typer.Option(min=8, help="Side of each detailed window in input pixels (without --crop).")] = 48,
     tile: Annotated[str, typer.Option(help="auto or a tile size in pixels (see `upscale dir --help`).")] = "auto",

@@ -12,10 +12,10 @@ from rich.table import Table
 
 from upscaler.cli.app import app, console, fail, printable
 from upscaler.cli.options import DeviceOption, ModelOption
-from upscaler.compile.trt.cache import DEFAULT_CACHE
 from upscaler.engine.devices import resolve_device
 from upscaler.engine.plan import STATIC_PHOTO_TILE
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP
+from upscaler.io.user_cache import ENGINES_HELP, engines_folder
 from upscaler.models.weights import DEFAULT_MODEL
 
 
@@ -27,7 +27,8 @@ def compile_engine(
     batch: Annotated[int, typer.Option(help="Static tile batch.")] = DEFAULT_BATCH,
     precision: Annotated[str, typer.Option(help="auto, fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed); auto is fp16, or an ONNX model's own.")] = "auto",
     layout: Annotated[str, typer.Option(help="uint8 I/O layout: nhwc or nchw.")] = "nhwc",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Engine cache folder.")] = DEFAULT_CACHE,
+    out: Annotated[Path | None, typer.Option("--out", "-o", show_default=False,
+                                             help=f"Engine cache folder [default: {ENGINES_HELP}].")] = None,
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 4096,
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
     device: DeviceOption = "auto",
@@ -46,6 +47,7 @@ def compile_engine(
     from upscaler.io.examples import example_pixels
     from upscaler.models.weights import load_model
 
+    out = out or engines_folder()
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: not a folder; -o names the engine cache folder")
     if list_cache:

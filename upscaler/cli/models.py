@@ -22,7 +22,7 @@ DAMAGED_TRACK = "Set14 jpeg:50"
 
 ModelsDirOption = Annotated[
     Path | None,
-    typer.Option("--models-dir", help="User model folder [default: $UPSCALER_MODELS, else the platform's data folder].", show_default=False),
+    typer.Option("--models-dir", help="User model folder \\[default: $UPSCALER_MODELS, else the platform's data folder].", show_default=False),
 ]
 
 
@@ -83,7 +83,7 @@ def _described(path: Path) -> tuple[ModelCard, ModelDescriptor]:
 @app.command("import")
 def import_file(
     file: Annotated[Path, typer.Argument(help="A .pth/.pt/.ckpt, .safetensors, .onnx or ncnn .param (its .bin beside it) generator.")],
-    name: Annotated[str | None, typer.Option("--name", help="Name for --model [default: the file's stem].")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name for --model \\[default: the file's stem].")] = None,
     models_dir: ModelsDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
 ) -> None:

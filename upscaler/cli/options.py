@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 import typer
 
 from upscaler.cli.app import fail
-from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_ENGINES, DEFAULT_OVERLAP, RunSettings, parse_tile
+from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
+from upscaler.io.user_cache import ENGINES_HELP, engines_folder
 from upscaler.models.weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
@@ -56,13 +57,13 @@ SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complet
 ClusterOption = Annotated[str | None, typer.Option(
     "--cluster", metavar="ADDRESS",
     help="Run on Ray: local (start it on this machine), auto (join this machine's cluster) or ray://HOST:PORT. "
-         "Input, output and model must be paths every worker sees (a shared filesystem). Needs upscaler[cluster].")]
+         "Input, output and model must be paths every worker sees (a shared filesystem). Needs this project's cluster extra (pip install -e '.[cluster]').")]
 
 _P = inspect.Parameter
 _RUN_PARAMETERS = [
     _P("model", _P.KEYWORD_ONLY, default=DEFAULT_MODEL, annotation=ModelOption),
     _P("scale", _P.KEYWORD_ONLY, default=None, annotation=Annotated[int | None, typer.Option(
-        min=1, max=16, help="Output scale; other than the model's, its output is resized with antialiased bicubic [default: the model's].")]),
+        min=1, max=16, help="Output scale; other than the model's, its output is resized with antialiased bicubic \\[default: the model's].")]),
     _P("tile", _P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
         help="auto: whole images, split evenly only where the memory budget requires; N: square N-pixel tiles of one fixed shape.")]),
     _P("overlap", _P.KEYWORD_ONLY, default=DEFAULT_OVERLAP, annotation=Annotated[int, typer.Option(
@@ -81,9 +82,9 @@ _RUN_PARAMETERS = [
     _P("compile_model", _P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
         "--compile/--no-compile", help="torch.compile the model for its fixed shape (CUDA).")]),
     _P("memory_budget", _P.KEYWORD_ONLY, default=None, annotation=Annotated[int | None, typer.Option(
-        min=64, help="MiB the engine may use for one tile's work [default: derived from free memory].")]),
-    _P("engines", _P.KEYWORD_ONLY, default=DEFAULT_ENGINES, annotation=Annotated[Path, typer.Option(
-        help="Engine cache folder.")]),
+        min=64, help="MiB the engine may use for one tile's work \\[default: derived from free memory].")]),
+    _P("engines", _P.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None, typer.Option(
+        show_default=False, help=f"Engine cache folder \\[default: {ENGINES_HELP}].")]),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,7 +108,7 @@ def run_options(command: F) -> F:
 
 def settings_from(
     model: str, scale: int | None, tile: str, overlap: int, batch: int, device: str, precision: str,
-    backend: Backend, streams: int, cuda_graphs: bool, compile_model: bool, memory_budget: int | None, engines: Path,
+    backend: Backend, streams: int, cuda_graphs: bool, compile_model: bool, memory_budget: int | None, engines: Path | None,
 ) -> RunSettings:
     """The options as typed, validated where that needs no model or device; raises typer.BadParameter."""
     try:
@@ -117,7 +118,7 @@ def settings_from(
     return RunSettings(
         model=model, scale=scale, tile=tile_size, overlap=overlap, batch=batch, device=device, precision=precision,
         backend=backend.value, streams=streams, cuda_graphs=cuda_graphs, compile=compile_model,
-        memory_budget_mib=memory_budget, engines=engines,
+        memory_budget_mib=memory_budget, engines=engines or engines_folder(),
     )
 
 

@@ -56,9 +56,9 @@ def upscale_video(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file; its suffix picks the container (.mkv holds every kind of stream).")],
     settings: RunSettings,
     codec: Annotated[Codec, typer.Option(help="Video encoder; auto: NVENC on CUDA where available, else libx264 (8-bit) or libx265 (10-bit).")] = Codec.auto,
-    crf: Annotated[int | None, typer.Option(min=0, max=63, help="Quality (lower is better) [default: the encoder's sensible one].")] = None,
+    crf: Annotated[int | None, typer.Option(min=0, max=63, help="Quality (lower is better) \\[default: the encoder's sensible one].")] = None,
     preset: Annotated[str | None, typer.Option(help="Encoder speed preset (e.g. medium, slow; p1-p7 for NVENC).")] = None,
-    pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help="Output pixel format [default: the source's chroma family and depth].")] = None,
+    pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help="Output pixel format \\[default: the source's chroma family and depth].")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run of the same command from its last complete segment.")] = True,
     segment_seconds: Annotated[float, typer.Option(min=0.0, help="Resume granularity and unit of cluster work: segments are cut at the first keyframe after this long.")] = 10.0,
     cluster: ClusterOption = None,
@@ -172,7 +172,7 @@ def _parse_size(size: str | None) -> tuple[int, int]:
 def upscale_pipe(
     settings: RunSettings,
     input_format: Annotated[PipeFormat, typer.Option("--input", help="What stdin carries: y4m, or raw rgb24/rgb48 (little-endian) frames of --size.")] = PipeFormat.y4m,
-    output_format: Annotated[PipeFormat | None, typer.Option("--output", help="What stdout gets [default: the input's kind].")] = None,
+    output_format: Annotated[PipeFormat | None, typer.Option("--output", help="What stdout gets \\[default: the input's kind].")] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT of raw input frames.")] = None,
     matrix: Annotated[Matrix, typer.Option(help="YUV matrix of y4m frames (y4m does not say); auto: BT.601 below 720 lines, BT.709 from there, as players assume.")] = Matrix.auto,
 ) -> None:

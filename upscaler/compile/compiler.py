@@ -7,7 +7,7 @@ needs the `tensorrt` extra on an NVIDIA machine, and its absence is reported, ne
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ from upscaler.compile.onnx import (
     run_onnxruntime,
     wrap_foreign_onnx,
 )
-from upscaler.compile.trt.cache import DEFAULT_CACHE, EngineCache, EngineKey
+from upscaler.compile.trt.cache import EngineCache, EngineKey
+from upscaler.io.user_cache import engines_folder
 from upscaler.models.onnx_model import OnnxModule
 from upscaler.models.weights import LoadedModel
 from upscaler.quality.metrics import psnr
@@ -41,7 +42,7 @@ def tensorrt_available() -> bool:
 class CompileRequest:
     shape: TileShape
     precision: str  # fp16 or fp32; an ONNX model's is its graph's own (see `model_precision`)
-    cache_dir: Path = DEFAULT_CACHE
+    cache_dir: Path = field(default_factory=engines_folder)
     workspace_mib: int = 4096
     optimization_level: int = 3
 

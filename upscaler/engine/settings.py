@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from upscaler.compile.trt.cache import DEFAULT_CACHE as DEFAULT_ENGINES
+from upscaler.io.user_cache import engines_folder
 
 DEFAULT_OVERLAP = 24
 DEFAULT_BATCH = 4
@@ -28,7 +28,7 @@ class RunSettings:
     cuda_graphs: bool = False
     compile: bool = False
     memory_budget_mib: int | None = None  # None = derived from the device's free memory
-    engines: Path = DEFAULT_ENGINES
+    engines: Path = field(default_factory=engines_folder)
 
 
 def parse_tile(spec: str) -> int | None:

@@ -31,7 +31,8 @@ NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file system
 _TEMP_NAME = re.compile(r"\.upscale-(\d+)-(\d+)\.tmp")
 _temp_numbers = itertools.count()
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Read-write: the TIFF writer reads its own first directory back to attach the EXIF after the pixels.
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ class AtomicFile:
             except FileNotFoundError:
                 pass
             self._tmp = _temp_name()
-            self.stream: BinaryIO = open(os.open(self._tmp, _TEMP_FLAGS, 0o666, dir_fd=self._folder), "wb")  # noqa: SIM115
+            self.stream: BinaryIO = open(os.open(self._tmp, _TEMP_FLAGS, 0o666, dir_fd=self._folder), "w+b")  # noqa: SIM115
             if mode is not None:
                 os.fchmod(self.stream.fileno(), mode)
         except BaseException:

@@ -38,7 +38,7 @@ _ENTRY = struct.Struct("<HHI4s")
 
 def write_tiff(out: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
                exif: bytes | None = None, compression: str = DEFAULT_COMPRESSION) -> None:
-    """HxWx3 or HxW `color` (uint8 or uint16) and an optional HxW `alpha` of the same type, to a path or a seekable stream.
+    """HxWx3 or HxW `color` (uint8 or uint16) and an optional HxW `alpha` of the same type, to a path or a seekable stream it can read back.
 
     16-bit gray with alpha is stored as RGB + alpha: Pillow, and most readers, open no 16-bit gray-alpha TIFF.
     """
@@ -54,7 +54,9 @@ def write_tiff(out: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None
     tag = COMPRESSIONS[compression]
     with open(out, "w+b") if isinstance(out, Path) else nullcontext(out) as stream:
         start = stream.tell()
-        with tifffile.TiffWriter(stream, bigtiff=bigtiff, byteorder="<") as tif:
+        # Named here: tifffile takes a stream's `name` for a path, and os.fdopen's (the atomic writer's) is an int.
+        handle = tifffile.FileHandle(stream, "wb", name="upscaler output", size=0)
+        with tifffile.TiffWriter(handle, bigtiff=bigtiff, byteorder="<") as tif:
             tif.write(_strips(planes, rows, tag), shape=(height, width, channels) if channels > 1 else (height, width),
                       dtype=color.dtype, photometric="minisblack" if channels < 3 else "rgb",
                       planarconfig="contig" if channels > 1 else None,

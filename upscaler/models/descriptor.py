@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from upscaler.io.user_cache import descriptors_folder
+
 DESCRIPTOR_KEY = "descriptor"  # the safetensors metadata key
 # Bump when a figure is measured differently: every stored or cached descriptor is then measured again.
 MEASURE_VERSION = 1
-CACHE_ENV = "UPSCALER_CACHE"
 _STORED = ("arch", "arch_params", "scale", "in_channels", "out_channels", "parameters", "macs_per_input_pixel",
            "activations_per_input_pixel", "supports_fp16", "supports_bf16", "size_multiple")
 
@@ -107,24 +106,11 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()}
 
 
-def cache_folder() -> Path:
-    """Descriptors of foreign files: $UPSCALER_CACHE, else the platform's per-user cache folder."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser() / "descriptors"
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "upscaler" / "descriptors"
-
-
 def cached(path: Path) -> ModelDescriptor | None:
     """The descriptor measured earlier for a file of exactly these bytes (keyed by their sha256), with the digest set."""
     digest = file_digest(path)
     try:
-        text = (cache_folder() / f"{digest}.json").read_text()
+        text = (descriptors_folder() / f"{digest}.json").read_text()
     except (OSError, UnicodeDecodeError):
         text = None
     described = ModelDescriptor.from_stored(text, str(path))
@@ -138,6 +124,6 @@ def remember(described: ModelDescriptor) -> None:
     from upscaler.io.files import write_bytes_atomically
 
     try:
-        write_bytes_atomically(cache_folder() / f"{described.sha256}.json", described.stored().encode())
+        write_bytes_atomically(descriptors_folder() / f"{described.sha256}.json", described.stored().encode())
     except OSError:
         pass

@@ -1,4 +1,4 @@
-"""The engine cache under engines/: a manifest keyed by everything a plan depends on.
+"""The engine cache (io/user_cache.py says where): a manifest keyed by everything a plan depends on.
 
 A serialized plan is only valid for the exact model weights, tile shape, batch, precision,
 TensorRT version and GPU it was built for, and it can carry code (plugins), so plans are
@@ -16,7 +16,6 @@ from pathlib import Path
 from upscaler.io.files import write_bytes_atomically
 
 MANIFEST = "manifest.json"
-DEFAULT_CACHE = Path("engines")  # the one default of `--engines` and `compile --out`
 
 
 @dataclass(frozen=True)
