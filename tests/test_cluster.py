@@ -87,7 +87,7 @@ def test_without_ray_cluster_says_how_to_install_it(runner: CliRunner, photos: P
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as on a machine without it
     result = runner.invoke(app, ["dir", str(photos), "-o", str(tmp_path / "out"), "--cluster", "local", *FAST])
     assert result.exit_code == 2
-    assert _errors(result.output) == ["error: --cluster needs Ray, which is not installed: pip install 'upscaler[cluster]'"]
+    assert _errors(result.output) == ["error: --cluster needs Ray, which is not installed: pip install -e '.[cluster]' in this checkout (or its wheel with [cluster])"]
     assert len(result.output.strip().splitlines()) == 1
     bad = runner.invoke(app, ["dir", str(photos), "-o", str(tmp_path / "out"), "--cluster", "http://head:8265", *FAST])
     assert bad.exit_code == 2 and "--cluster http://head:8265: use local (start Ray" in bad.output

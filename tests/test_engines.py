@@ -99,7 +99,7 @@ def test_cache_round_trip_mismatch_and_refusals(tmp_path: Path) -> None:
 def test_compile_without_tensorrt_exports_checks_and_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compile", "--tile", "32", "--batch", "1", "--overlap", "8", "--out", str(tmp_path)])
     assert result.exit_code == 3
-    assert "needs the `tensorrt` extra" in result.output and "upscaler[tensorrt]" in result.output
+    assert "needs the `tensorrt` extra" in result.output and "pip install -e '.[tensorrt]'" in result.output
     onnx_files = list(tmp_path.glob("*.onnx"))
     assert len(onnx_files) == 1 and "-t32-b1-nhwc-fp16" in onnx_files[0].name
     assert "onnx parity" in result.output

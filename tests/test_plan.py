@@ -167,7 +167,7 @@ def test_a_gpu_without_tensorrt_runs_torch(gpu: Callable[[bool], None]) -> None:
     gpu(False)
     plan = _gpu_plan()
     assert (plan.backend, plan.dtype, plan.tiles.static_shape) == ("torch", torch.float16, False)
-    with pytest.raises(ValueError, match=r"^--backend tensorrt: TensorRT is not installed \(pip install 'upscaler\[tensorrt\]' "
+    with pytest.raises(ValueError, match=r"^--backend tensorrt: TensorRT is not installed \(install this project's tensorrt extra, pip install -e '\.\[tensorrt\]', "
                                          r"on an NVIDIA machine\)$"):
         _gpu_plan(backend="tensorrt")
 

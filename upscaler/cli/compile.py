@@ -67,7 +67,7 @@ def compile_engine(
         console.print(f"onnx parity (onnxruntime vs torch fp32): {result.onnx_psnr:.1f} dB", highlight=False)
     if result.plan is None:
         raise fail("TensorRT is not installed: the engine build needs the `tensorrt` extra on an NVIDIA machine "
-                   "(pip install 'upscaler[tensorrt]'); the ONNX file above is ready for trtexec or onnxruntime", 3)
+                   "(pip install -e '.[tensorrt]' in this checkout); the ONNX file above is ready for trtexec or onnxruntime", 3)
     console.print(f"engine: {escape(printable(str(result.plan)))}{' (cached)' if result.cached else ''}", highlight=False)
 
 

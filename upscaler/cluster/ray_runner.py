@@ -31,7 +31,7 @@ from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
 from upscaler.jobs.pictures import JobRunner, Outcome
 
-RAY_MISSING = "--cluster needs Ray, which is not installed: pip install 'upscaler[cluster]'"
+RAY_MISSING = "--cluster needs Ray, which is not installed: pip install -e '.[cluster]' in this checkout (or its wheel with [cluster])"
 ADDRESSES = "local (start Ray on this machine), auto (join this machine's cluster) or ray://HOST:PORT"
 MAX_RESTARTS = 8  # deaths of one actor's process that Ray repairs before giving the actor up
 MAX_TASK_RETRIES = 1  # a unit that kills its worker twice is given up (one death may be the node's fault)

@@ -23,6 +23,7 @@ from torch import nn
 from upscaler.io.files import write_bytes_atomically
 from upscaler.models.dtypes import PRECISIONS
 from upscaler.models.onnx_model import GraphIO
+from upscaler.models.trust import collapsed
 
 INPUT_NAME, OUTPUT_NAME, FLAGS_NAME = "lr", "sr", "bad"
 OPSET = 17
@@ -59,10 +60,11 @@ class ByteIO(nn.Module):
         out = out.permute(0, 2, 3, 1) if self.nhwc else out
         if not self.flags:
             return out
-        y32, x32 = y.float().flatten(1), x.float().flatten(1)
-        nonfinite = torch.isnan(y32).any(dim=1) | torch.isinf(y32).any(dim=1)
-        flat = ((y32.amax(dim=1) - y32.amin(dim=1)) < 1 / 255) & ((x32.amax(dim=1) - x32.amin(dim=1)) > 4)
-        return out, (nonfinite | flat).to(torch.uint8)
+        y32, x32 = y.float().flatten(1), x.float().flatten(1) / 255
+        bad = torch.isnan(y32).any(dim=1) | torch.isinf(y32).any(dim=1)
+        if self.dtype != torch.float32:  # as the torch engine judges: fp32 is what a bad tile is recomputed in
+            bad = bad | collapsed(y32.amax(dim=1), y32.amin(dim=1), x32.amax(dim=1), x32.amin(dim=1))
+        return out, bad.to(torch.uint8)
 
 
 def export_onnx(model: nn.Module, shape: TileShape, precision: str, path: Path) -> None:

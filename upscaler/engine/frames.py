@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from upscaler.engine.tiling import TileGrid, device_axis_weights
 from upscaler.models.dtypes import precision_name
+from upscaler.models.trust import collapsed
 
 log = logging.getLogger("upscaler")
 
@@ -97,7 +98,7 @@ def _untrustworthy(tiles: torch.Tensor, out: torch.Tensor, reduced: bool) -> tor
     bad = ~(torch.isfinite(high) & torch.isfinite(low))
     if reduced:
         in_low, in_high = torch.aminmax(tiles[:, :, ::2, ::2].flatten(1), dim=1)
-        bad |= ((high - low) < 1 / 255) & ((in_high - in_low).float() > 4 / 255)
+        bad |= collapsed(high, low, in_high.float(), in_low.float())
     return bad
 
 

@@ -102,7 +102,7 @@ def plan_run(settings: RunSettings, model: LoadedModel) -> RunPlan:
         else:
             backend = "tensorrt"
     elif settings.backend == "tensorrt":
-        raise ValueError("--backend tensorrt: TensorRT is not installed (pip install 'upscaler[tensorrt]' on an NVIDIA machine)")
+        raise ValueError("--backend tensorrt: TensorRT is not installed (install this project's tensorrt extra, pip install -e '.[tensorrt]', on an NVIDIA machine)")
     if settings.tile is not None:
         check_overlap(settings.tile, settings.overlap)
     static = backend == "tensorrt" or settings.cuda_graphs
