@@ -114,8 +114,8 @@ def test_a_failed_write_leaves_nothing_behind(runner: CliRunner, photos: Path, t
     with Image.open(EXAMPLES / "chelsea.png") as img:
         chelsea_upscaled = (img.height * 4, img.width * 4)
 
-    def encode_then_crash(picture, fmt, stream):  # type: ignore[no-untyped-def]
-        real_encode(picture, fmt, stream)  # the temporary file is complete on disk...
+    def encode_then_crash(picture, fmt, stream, *options):  # type: ignore[no-untyped-def]
+        real_encode(picture, fmt, stream, *options)  # the temporary file is complete on disk...
         if picture.size == chelsea_upscaled:
             raise OSError(28, "No space left on device")  # ...then the disk fills
 
@@ -164,3 +164,39 @@ def test_ctrl_c_stops_cleanly_and_skip_existing_finishes(tmp_path: Path) -> None
     finish = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True, check=False)
     assert finish.returncode == 0, finish.stdout + finish.stderr
     assert len(list(out.iterdir())) == 20
+
+
+def test_the_first_pictures_decode_while_the_model_opens(runner: CliRunner, photos: Path, tiny_model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up overlaps work: a decode finishes inside open_engine, which waits for it (no timing assumed)."""
+    import threading
+
+    from upscaler.engine import engine as engine_module
+    from upscaler.jobs import pictures
+
+    decoded = threading.Event()
+    real_read, real_open = pictures.read_picture, engine_module.open_engine
+    seen_inside: list[bool] = []
+
+    def read(path: Path):  # type: ignore[no-untyped-def]
+        picture = real_read(path)
+        decoded.set()
+        return picture
+
+    def open_while_decoding(settings):  # type: ignore[no-untyped-def]
+        seen_inside.append(decoded.wait(timeout=60))  # the model "loads" until a picture is decoded beside it
+        return real_open(settings)
+
+    monkeypatch.setattr(pictures, "read_picture", read)
+    monkeypatch.setattr(engine_module, "open_engine", open_while_decoding)
+    result = runner.invoke(app, ["dir", str(photos), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST])
+    assert result.exit_code == 0, result.output
+    assert seen_inside == [True] and len(_files(tmp_path / "out")) == 3
+
+    def refuse(settings):  # type: ignore[no-untyped-def]
+        decoded.wait(timeout=60)
+        raise ValueError("no such model")
+
+    monkeypatch.setattr(engine_module, "open_engine", refuse)
+    failed = runner.invoke(app, ["dir", str(photos), "-o", str(tmp_path / "never"), "--model", "x", *FAST])
+    assert failed.exit_code == 2 and "no such model" in failed.output and not (tmp_path / "never").exists()

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.engine.frames import Frame, FrameError, FrameUpscaler, ModelRunner, max_value, split_planes
+from upscaler.engine.errors import FrameError
+from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner, max_value, split_planes
 from upscaler.engine.tiling import TileGrid, even_grid, fixed_grid
 
 from .conftest import photo_array

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upscaler.jobs import pictures as pipeline
-from upscaler.engine.frames import FrameError
+from upscaler.engine.errors import FrameError
 from upscaler.io.files import Job
 from upscaler.io.images import Picture
 from upscaler.io.stages import IO_NICENESS, Stages
+from upscaler.jobs import pictures as pipeline
 
 from .conftest import EXAMPLES, assert_complete_images
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from upscaler.engine.engine import Engine, open_engine
-from upscaler.engine.frames import Frame, FrameError, FrameUpscaler, ModelRunner
+from upscaler.engine.errors import FrameError
+from upscaler.engine.frames import Frame, FrameUpscaler, ModelRunner
 from upscaler.engine.plan import TilePlan, plan_run
 from upscaler.engine.settings import DEFAULT_OVERLAP, RunSettings
 from upscaler.engine.tiling import axis_starts, axis_weights, check_overlap, even_grid, fixed_grid

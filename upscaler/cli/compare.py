@@ -107,7 +107,7 @@ def _damaged(original: np.ndarray, damage: LowResDamage, seed: int, scale: int) 
 
 
 def _upscale_with_each(image: Path, lr: np.ndarray, engines: list[tuple[str, Engine]]) -> list[tuple[str, np.ndarray]]:
-    from upscaler.engine.frames import FrameError
+    from upscaler.engine.errors import FrameError
 
     outputs = []
     for spec, engine in engines:

@@ -43,6 +43,7 @@ from upscaler.io.tiff import DEFAULT_COMPRESSION
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
     from upscaler.cluster.ray_runner import ClusterRunner
+    from upscaler.engine.engine import Engine
     from upscaler.jobs.pictures import JobRunner, Outcome, Summary
 
 STDIO = Path("-")  # `-` for SOURCE or -o: standard input or output
@@ -62,17 +63,20 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
 
     `prepare` (making OUT) runs once the model or cluster is open: a bad model leaves no OUT behind.
     """
-    from upscaler.cluster.ray_runner import cluster_runner
-    from upscaler.engine.engine import open_engine
     from upscaler.jobs.pictures import JobRunner
 
     with ExitStack() as resources:
         try:
             if cluster is None:
-                engine = open_engine(settings)
-                runner: JobRunner | ClusterRunner = JobRunner(jobs, engine.launch, depth=engine.depth)
+                local = JobRunner(jobs)
+                local.prefetch()  # the first pictures decode while torch and the model load
+                engine = _open_or_cancel(settings, local)
+                local.attach(engine.launch, engine.depth)
+                runner: JobRunner | ClusterRunner = local
                 model, backend = engine.model.source, engine.description
             else:
+                from upscaler.cluster.ray_runner import cluster_runner
+
                 runner, info = resources.enter_context(cluster_runner(cluster, jobs, settings))
                 model, backend = info.model, info.backend
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -81,6 +85,17 @@ def _run_batch(jobs: list[Job], settings: RunSettings, skipped: int, prepare: Ca
             raise fail("interrupted before any image was started", EXIT_INTERRUPTED) from None
         prepare()
         _report_batch(jobs, runner, skipped, model, backend, as_json)
+
+
+def _open_or_cancel(settings: RunSettings, runner: JobRunner) -> Engine:
+    """Open the engine (torch loads here); if it cannot open, the decodes started for it stop."""
+    from upscaler.engine.engine import open_engine
+
+    try:
+        return open_engine(settings)
+    except BaseException:
+        runner.cancel()
+        raise
 
 
 def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str,
@@ -223,7 +238,7 @@ def upscale_image(
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, as_json: bool = False,
                tiff_compression: str = DEFAULT_COMPRESSION) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
-    from upscaler.engine.frames import FrameError
+    from upscaler.engine.errors import FrameError
     from upscaler.jobs.pictures import Summary
 
     if source == STDIO and sys.stdin.isatty():

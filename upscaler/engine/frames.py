@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from upscaler.engine.errors import FrameError
 from upscaler.engine.tiling import TileGrid, device_axis_weights
 from upscaler.models.dtypes import precision_name
 from upscaler.models.trust import collapsed
@@ -27,10 +28,6 @@ log = logging.getLogger("upscaler")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # float NCHW tiles in [0,1] -> float NCHW at scale x
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow converts RGB to L
-
-
-class FrameError(Exception):
-    """The model could not produce a trustworthy picture for this frame."""
 
 
 def max_value(dtype: torch.dtype) -> int:

@@ -10,7 +10,7 @@ where at 4K output a CPU conversion alone would cap the frame rate.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import av
@@ -21,7 +21,7 @@ from av.video.reformatter import Interpolation
 
 # FFmpeg's AVColorSpace / AVColorRange codes (what PyAV reports and takes).
 RANGE_LIMITED, RANGE_FULL = 1, 2
-MATRIX_BT709, MATRIX_UNSPECIFIED, MATRIX_FCC, MATRIX_BT470BG, MATRIX_SMPTE170M = 1, 2, 4, 5, 6
+MATRIX_RGB, MATRIX_BT709, MATRIX_UNSPECIFIED, MATRIX_FCC, MATRIX_BT470BG, MATRIX_SMPTE170M = 0, 1, 2, 4, 5, 6
 MATRIX_SMPTE240M, MATRIX_BT2020_NCL, MATRIX_BT2020_CL = 7, 9, 10
 
 # Luma weights (Kr, Kb) per matrix.
@@ -79,6 +79,12 @@ def bit_depth(pix_fmt: str) -> int:
     return av.VideoFormat(pix_fmt).components[0].bits
 
 
+def is_rgb_format(pix_fmt: str) -> bool:
+    """Whether the samples are R'G'B' (packed, planar GBR or a palette), which no Y'CbCr matrix describes."""
+    desc = av.VideoFormat(pix_fmt)
+    return desc.is_rgb or desc.has_palette
+
+
 @dataclass(frozen=True)
 class ColourTags:
     """How a stream's samples are to be read: FFmpeg's codes for range, matrix, primaries, transfer."""
@@ -94,6 +100,20 @@ class ColourTags:
 
     def resolved_matrix(self, height: int) -> int:
         return self.matrix if self.matrix in _WEIGHTS else guess_matrix(height)
+
+
+def encoded_tags(tags_in: ColourTags, pix_fmt_in: str, pix_fmt_out: str, height_out: int) -> ColourTags:
+    """The tags an encoded stream carries: also the matrix and range its frames are converted to.
+
+    An RGB stream is tagged RGB, full range. A Y'CbCr stream keeps a Y'CbCr source's matrix and range;
+    where the source has none this module converts (untagged, or RGB: the source's tag describes no
+    Y'CbCr), it gets the untagged-video guess for its own height, tagged. An RGB source's samples go to
+    limited range, what players assume of Y'CbCr; the source's primaries and transfer stay.
+    """
+    if is_rgb_format(pix_fmt_out):
+        return replace(tags_in, range=RANGE_FULL, matrix=MATRIX_RGB)
+    tags = replace(tags_in, matrix=tags_in.resolved_matrix(height_out))
+    return replace(tags, range=RANGE_LIMITED) if is_rgb_format(pix_fmt_in) else tags
 
 
 class Converter(Protocol):

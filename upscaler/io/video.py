@@ -23,7 +23,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from upscaler.io.colour import ColourTags, bit_depth, yuv_layout
+from upscaler.io.colour import ColourTags, bit_depth, encoded_tags, yuv_layout
 
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "h264_nvenc": 19, "hevc_nvenc": 21}
 
@@ -213,10 +213,9 @@ def configure_encoder(ctx: VideoCodecContext, settings: EncodeSettings, source: 
     ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
     ctx.time_base = source.time_base
     ctx.framerate = source.rate
-    ctx.color_range = source.tags.range
-    ctx.colorspace = source.tags.matrix
-    ctx.color_primaries = source.tags.primaries
-    ctx.color_trc = source.tags.transfer
+    tags = encoded_tags(source.tags, source.pix_fmt, settings.pix_fmt, height)
+    ctx.color_range, ctx.colorspace = tags.range, tags.matrix
+    ctx.color_primaries, ctx.color_trc = tags.primaries, tags.transfer
     if source.sample_aspect_ratio:
         ctx.sample_aspect_ratio = source.sample_aspect_ratio
     ctx.options = dict(settings.options)

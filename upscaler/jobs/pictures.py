@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from upscaler.engine.frames import FrameError
+from upscaler.engine.errors import FrameError
 from upscaler.io.files import Job, is_complete, write_atomically
 from upscaler.io.images import Picture, PictureError, encode_picture, read_picture
 from upscaler.io.stages import yield_to_the_model
@@ -59,14 +59,16 @@ class JobRunner:
     stops the others. After an interruption (Ctrl-C inside or outside the iteration), `drain()`
     finishes the writes already started and returns their outcomes, so the summary counts
     every file that reached the disk; reads not yet started are cancelled and pictures launched
-    but not collected are dropped.
+    but not collected are dropped. `launch` may come later (`attach`): `prefetch` starts the
+    first decodes while the model is still loading.
     """
 
-    def __init__(self, jobs: list[Job], launch: Launch, lookahead: int = 4, workers: int = 2,
+    def __init__(self, jobs: list[Job], launch: Launch | None = None, lookahead: int = 4, workers: int = 2,
                  max_bytes: int = DEFAULT_LOOKAHEAD_BYTES, depth: int = 0) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
         self.jobs, self.launch, self.lookahead, self.max_bytes, self.depth = jobs, launch, lookahead, max_bytes, depth
+        self.pending = iter(jobs)
         self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read", initializer=yield_to_the_model)
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write", initializer=yield_to_the_model)
         self.reads: deque[tuple[Job, Future[Picture]]] = deque()
@@ -85,8 +87,30 @@ class JobRunner:
                 held += self.largest or self.max_bytes  # size unknown before the first picture: one at a time
         return held + sum(size for _, _, size in self.launched) + sum(size for _, _, size in self.writes)
 
+    def prefetch(self) -> None:
+        """Start the first decodes now, within the bounds: before the model opens, they overlap its loading."""
+        self._start_reads(self.pending)
+
+    def attach(self, launch: Launch, depth: int) -> None:
+        """The engine, once open: what starts each picture and how many may stay uncollected."""
+        self.launch, self.depth = launch, depth
+
+    def cancel(self) -> None:
+        """Stop without running anything more (the model failed to open): decodes under way are dropped."""
+        self._stop_reads()
+        self.writers.shutdown(wait=True)
+
+    def _stop_reads(self) -> None:
+        for _, future in self.reads:
+            future.cancel()
+        self.reads.clear()
+        self.launched.clear()
+        self.readers.shutdown(wait=False, cancel_futures=True)
+
     def __iter__(self) -> Iterator[Outcome]:
-        pending = iter(self.jobs)
+        if self.launch is None:
+            raise RuntimeError("JobRunner: attach() the engine before iterating")
+        pending = self.pending
         try:
             while True:
                 self._start_reads(pending)
@@ -102,11 +126,7 @@ class JobRunner:
                                        or self._held_bytes() > self.max_bytes):
                     yield self._settle(*self.writes.popleft())
         finally:
-            for _, future in self.reads:
-                future.cancel()
-            self.reads.clear()
-            self.launched.clear()
-            self.readers.shutdown(wait=False, cancel_futures=True)
+            self._stop_reads()
 
     def _start_reads(self, pending: Iterator[Job]) -> None:
         """Start decodes while both bounds allow; a picture of unknown size counts as the whole byte budget."""
@@ -122,6 +142,7 @@ class JobRunner:
         try:
             picture = future.result()
             outcome.input_pixels = picture.size[0] * picture.size[1]
+            assert self.launch is not None  # __iter__ checked
             self.launched.append((outcome, self.launch(picture, job.format), _nbytes(picture)))
         except Exception as exc:  # noqa: BLE001 (one bad file must not stop the batch)
             outcome.error = _describe(exc)

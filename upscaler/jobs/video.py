@@ -21,7 +21,7 @@ import json
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -31,7 +31,7 @@ import numpy as np
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from upscaler.io.colour import Converter, open_converter
+from upscaler.io.colour import Converter, encoded_tags, open_converter
 from upscaler.io.files import AtomicFile, write_atomically, write_bytes_atomically
 from upscaler.io.stages import Stages
 from upscaler.io.video import (
@@ -379,8 +379,8 @@ class SegmentJob:
 
 
 def converter_for(source: SourceVideo, settings: EncodeSettings, scale: int, device: torch.device) -> Converter:
-    """Source pixels to RGB and back to the encoder's format, the output's matrix chosen for its height."""
-    tags_out = replace(source.tags, matrix=source.tags.resolved_matrix(source.height))
+    """Source pixels to RGB and back to the encoder's format, in the matrix and range the output is tagged with."""
+    tags_out = encoded_tags(source.tags, source.pix_fmt, settings.pix_fmt, source.height * scale)
     return open_converter(device, source.tags, source.pix_fmt, source.height, tags_out, settings.pix_fmt,
                           source.height * scale)
 
