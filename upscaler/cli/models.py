@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from upscaler.cli.app import app, console, fail
+from upscaler.cli.app import app, console, fail, printable, warn
 
 if TYPE_CHECKING:
     from upscaler.models.descriptor import ModelDescriptor
@@ -34,14 +34,23 @@ def list_models(
     """List the built-in and imported models: scale, parameters, MACs per input pixel, scores, descriptor."""
     from upscaler.models.weights import BUILTIN_ALIASES, builtin_models, user_models, user_models_dir
 
+    folder = models_dir or user_models_dir()
     found = [("built-in", name, path) for name, path in sorted(builtin_models().items())]
-    found += [("imported", name, path) for name, path in user_models(models_dir or user_models_dir()).items()]
+    if folder.exists() and not folder.is_dir():
+        warn(f"{folder}: the model folder is not a folder; only the built-in models are listed")
+    try:
+        found += [("imported", name, path) for name, path in user_models(folder).items()]
+    except OSError as exc:  # a folder that cannot be listed: the built-ins are still worth showing
+        warn(f"{folder}: cannot list the model folder ({exc.strerror or exc})")
     rows: list[dict[str, Any]] = []
     for kind, name, path in found:
         try:
             card, d = _described(path)
         except ValueError as exc:
-            console.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
+            warn(f"skipped {exc}")
+            continue
+        except OSError as exc:  # a dangling link, a file that cannot be read: that one entry, not the list
+            warn(f"skipped {path}: {exc.strerror or exc}")
             continue
         rows.append({
             "name": name, "kind": kind, "aliases": [a for a, n in BUILTIN_ALIASES.items() if kind == "built-in" and n == name],
@@ -53,7 +62,7 @@ def list_models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"models: built-in, then imported from {models_dir or user_models_dir()}")
+    table = Table(title=escape(printable(f"models: built-in, then imported from {folder}")))
     for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM", f"{DAMAGED_TRACK} PSNR/grid"):
         table.add_column(column)
     for row in rows:
@@ -62,7 +71,7 @@ def list_models(
         damaged = row["scores"].get(DAMAGED_TRACK)
         cells.append(f"{damaged['psnr']:.2f} / {damaged['grid']:.2f}" if damaged and "grid" in damaged else "-")
         name = " ".join([row["name"], *(f"({a})" for a in row["aliases"])])
-        table.add_row(name, row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
+        table.add_row(escape(printable(name)), row["arch"], f"x{row['scale']}", f"{row['parameters']:,}", f"{row['macs_per_input_pixel']:,}", *cells)
     Console().print(table)
 
 
@@ -98,9 +107,18 @@ def import_file(
 
     if not file.is_file():
         raise fail(f"{file}: no such file")
+    from upscaler.io.files import prepare_folder
+
+    folder = models_dir or user_models_dir()
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"{folder}: the model folder is a file, not a folder")
     try:
-        target, provenance = import_model(file, models_dir or user_models_dir(), name, force)
+        prepare_folder(folder, recursive=False)  # proven writable before the model is read and converted
+    except OSError as exc:
+        raise fail(f"{folder}: cannot keep models there ({exc.strerror or exc})") from None
+    try:
+        target, provenance = import_model(file, folder, name, force)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"imported {file} as {target.stem!r}: {target}", highlight=False, soft_wrap=True)
+    console.print(escape(printable(f"imported {file} as {target.stem!r}: {target}")), highlight=False, soft_wrap=True)
     console.print(f"architecture {provenance['detected']} {provenance['arch_params']}; licence: {provenance['licence']}", highlight=False, soft_wrap=True)

@@ -48,8 +48,8 @@ def model_name(source: Path, name: str | None) -> str:
 
 def import_model(source: Path, folder: Path, name: str | None = None, replace: bool = False) -> tuple[Path, dict[str, Any]]:
     """Convert `source` into `folder`; returns the new file and its provenance."""
+    chosen = model_name(source, name)  # a refused name costs no model load
     loaded = load_model(str(source))
-    chosen = model_name(source, name)
     suffix = ".onnx" if loaded.descriptor.runtime == "onnxruntime" else ".safetensors"
     target = folder / f"{chosen}{suffix}"
     existing = [p for p in (folder / f"{chosen}.safetensors", folder / f"{chosen}.onnx") if p.exists()]

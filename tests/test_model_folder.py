@@ -1,0 +1,68 @@
+"""The user model folder under hostile conditions: dangling links, control characters, built-in names, files and
+read-only folders in the way. Real files, real subprocesses; each case one clear line and the right exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from upscaler.models.weights import BASELINE_MODEL, BUILTIN_ALIASES, builtin_models
+
+CLEAN = builtin_models()["clean"]
+
+
+def upscale(*args: str | Path, models: Path, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "upscaler", *map(str, args)]
+    if unprivileged and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be denied")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "UPSCALER_MODELS": str(models), "COLUMNS": "200"})
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr, done.stderr
+    return done
+
+
+def test_a_dangling_link_and_a_hostile_name_leave_the_rest_listed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "gone.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    shutil.copy(CLEAN, models / "e\x1b[31mvil.safetensors")
+    listed = upscale("models", models=models)
+    assert listed.returncode == 0
+    warnings = [line for line in listed.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: skipped {models / 'gone.safetensors'}: No such file or directory"]
+    assert "\x1b" not in listed.stdout + listed.stderr and "e\\x1b[31mvil" in listed.stdout
+    as_json = upscale("models", "--json", models=models)
+    assert as_json.returncode == 0
+    assert [row["name"] for row in json.loads(as_json.stdout)] == ["clean", "photo", "e\x1b[31mvil"]
+
+
+@pytest.mark.parametrize("name", sorted({*builtin_models(), *BUILTIN_ALIASES, BASELINE_MODEL}))
+def test_import_refuses_the_names_of_built_ins(name: str, tmp_path: Path) -> None:
+    refused = upscale("import", CLEAN, "--name", name, models=tmp_path / "models")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: model name {name!r} is a built-in model's; choose another with --name"
+    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_file_or_a_read_only_folder_in_the_way(tmp_path: Path) -> None:
+    a_file = tmp_path / "models"
+    a_file.write_text("not a folder")
+    listed = upscale("models", models=a_file)
+    assert listed.returncode == 0 and "clean" in listed.stdout
+    assert listed.stderr.strip() == f"warning: {a_file}: the model folder is not a folder; only the built-in models are listed"
+    into_file = upscale("import", CLEAN, "--name", "mine", models=a_file)
+    assert into_file.returncode == 2
+    assert into_file.stderr.strip() == f"error: {a_file}: the model folder is a file, not a folder"
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    denied = upscale("import", CLEAN, "--name", "mine", models=read_only, unprivileged=True)
+    assert denied.returncode == 2 and denied.stderr.strip() == f"error: {read_only}: cannot keep models there (Permission denied)"
+    assert list(read_only.iterdir()) == []
