@@ -149,3 +149,18 @@ def test_pipe_on_the_gpu_matches_the_cpu(clip_y4m: Path) -> None:
     (_, cpu), (_, gpu) = (read_y4m(r.stdout) for r in outputs)
     for a, b in zip(cpu, gpu, strict=True):
         assert psnr(a[0], b[0]) >= 40.0
+
+
+@pytest.mark.parametrize("tag", ["It", "Ib", "Im"])
+def test_interlaced_y4m_is_refused_before_the_model_opens(clip_y4m: Path, tag: str) -> None:
+    data = clip_y4m.read_bytes().replace(b" Ip ", f" {tag} ".encode(), 1)
+    assert f" {tag} ".encode() in data[:80]
+    result = pipe_here(data, "-m", "no-such-model")  # the stream is judged first: the model is never looked for
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert result.stderr.startswith(f"error: stdin: y4m is interlaced ({tag}: ") and "deinterlace it first" in result.stderr
+
+
+def test_raw_input_on_an_empty_stdin_is_a_failure_not_zero_frames(tiny_model: Path) -> None:
+    result = pipe(b"", "--input", "rgb24", "--size", "16x16", "-m", str(tiny_model))
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().strip().endswith("error: stdin: no input (empty stream)")

@@ -26,6 +26,7 @@ from upscaler.io.colour import (
 
 MAGIC = b"YUV4MPEG2"
 _MAX_LINE = 4096
+_FIELD_ORDERS = {"t": "top field first", "b": "bottom field first", "m": "mixed fields"}
 # y4m chroma tags -> pixel formats (4:2:0 siting variants all read as planar 4:2:0).
 _CHROMA = {
     "420jpeg": "yuv420p", "420paldv": "yuv420p", "420mpeg2": "yuv420p", "420": "yuv420p",
@@ -120,7 +121,11 @@ def read_header(stream: BinaryIO) -> Y4MHeader:
         raise Y4MError(f"y4m chroma C{chroma} is not supported (4:2:0, 4:2:2, 4:4:4 at 8, 10, 12 or 16 bits are)")
     if width <= 0 or height <= 0 or den <= 0 or num <= 0:
         raise Y4MError(f"y4m header has a bad size or rate ({width}x{height}, {num}:{den})")
-    return Y4MHeader(width, height, Fraction(num, den), chroma, fields.get("I", "p"), fields.get("A", "1:1"),
+    interlace = fields.get("I", "p")
+    if interlace in _FIELD_ORDERS:  # a model upscales pictures: two fields woven together would be smeared into one
+        raise Y4MError(f"y4m is interlaced (I{interlace}: {_FIELD_ORDERS[interlace]}); deinterlace it first, "
+                       "e.g. ffmpeg -i IN -vf bwdif -f yuv4mpegpipe -")
+    return Y4MHeader(width, height, Fraction(num, den), chroma, interlace, fields.get("A", "1:1"),
                      tuple(extras))
 
 

@@ -44,7 +44,8 @@ def open_source(stdin: BinaryIO, kind: str, size: tuple[int, int] | None) -> Pip
 
 
 def raw_frames(stream: BinaryIO, width: int, height: int, dtype: type[np.unsignedinteger]) -> Iterator[np.ndarray]:
-    """HxWx3 frames of `dtype` (little-endian) until the stream ends; TruncatedFrame for a partial last frame."""
+    """HxWx3 frames of `dtype` (little-endian) until the stream ends; TruncatedFrame for a partial last frame,
+    Y4MError for a stream with no frame at all (raw frames have no header whose absence would tell)."""
     size = width * height * 3 * np.dtype(dtype).itemsize
     index = 0
     while data := y4m.read_exactly(stream, size):
@@ -52,6 +53,8 @@ def raw_frames(stream: BinaryIO, width: int, height: int, dtype: type[np.unsigne
             raise y4m.TruncatedFrame(index, len(data), size)
         yield np.frombuffer(data, dtype).astype(dtype, copy=True).reshape(height, width, 3)
         index += 1
+    if index == 0:
+        raise y4m.Y4MError("no input (empty stream)")
 
 
 def run_pipe(engine: FrameEngine, source: PipeSource, stdin: BinaryIO, stdout: BinaryIO, output: str, matrix: str,
