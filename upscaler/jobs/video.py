@@ -2,8 +2,8 @@
 
 The picture stream is decoded, upscaled and encoded; every audio, subtitle and attachment stream
 is copied packet for packet. Frames keep their own timestamps and durations (variable frame rate
-stays variable), the colour tags, rotation and HDR mastering data are carried over, and 10-bit
-stays 10-bit.
+stays variable), the colour tags (an RGB or untagged source's output gets the Y'CbCr matrix it is
+converted to, `encoded_tags`), rotation and HDR mastering data are carried over, and 10-bit stays 10-bit.
 
 The encoded picture is kept in segments cut at the source's keyframes, planned before any
 decoding from the keyframe packets (`plan_segments`), each in a hidden work folder beside OUT and
