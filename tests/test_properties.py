@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from upscaler.engine.tiling import TileGrid, axis_weights, even_grid, fixed_grid
 from upscaler.io.files import NAME_MAX, target_path
-from upscaler.io.images import FORMATS, SUFFIX_FORMATS, SUFFIXES
+from upscaler.io.formats import FORMATS, SUFFIX_FORMATS, SUFFIXES
 
 
 def _assert_covers(grid: TileGrid, height: int, width: int) -> None:

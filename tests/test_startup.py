@@ -28,6 +28,7 @@ def test_commands_that_run_no_model_import_no_torch(args: list[str], tmp_path: P
     done, modules = _imported(args, tmp_path)
     assert "upscaler.cli.app" in modules  # the measurement itself works
     assert "torch" not in modules, args
+    assert "numpy" not in modules or args == ["dir"], args  # parsing and --help load no codec either (io/formats.py)
     assert done.returncode in (0, 2), done.stderr[-2000:]
 
 

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from upscaler.cli import app
 from upscaler.io import tiff
+from upscaler.io.formats import TIFF_COMPRESSIONS as COMPRESSIONS
 from upscaler.io.images import Picture, encode_picture, read_picture, read_picture_bytes
-from upscaler.io.tiff import COMPRESSIONS, write_tiff
+from upscaler.io.tiff import write_tiff
 
 ICC = bytes(range(256)) * 2
 

@@ -38,8 +38,7 @@ from upscaler.io.files import (
     same_file,
     write_atomically,
 )
-from upscaler.io.images import FORMATS, SUFFIX_FORMATS, PictureError, encode_picture, read_picture, read_picture_bytes
-from upscaler.io.tiff import DEFAULT_COMPRESSION
+from upscaler.io.formats import DEFAULT_TIFF_COMPRESSION, FORMATS, SUFFIX_FORMATS
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error
     from upscaler.cluster.ray_runner import ClusterRunner
@@ -236,9 +235,10 @@ def upscale_image(
 
 
 def _run_piped(source: Path, out: Path, fmt: str | None, settings: RunSettings, as_json: bool = False,
-               tiff_compression: str = DEFAULT_COMPRESSION) -> None:
+               tiff_compression: str = DEFAULT_TIFF_COMPRESSION) -> None:
     """One image from standard input and/or to standard output, whole in memory; `fmt` None: the input's format."""
     from upscaler.engine.errors import FrameError
+    from upscaler.io.images import PictureError, encode_picture, read_picture, read_picture_bytes
     from upscaler.jobs.pictures import Summary
 
     if source == STDIO and sys.stdin.isatty():

@@ -24,8 +24,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from upscaler.io.images import FORMATS, SUFFIX_FORMATS, SUFFIXES
-from upscaler.io.tiff import DEFAULT_COMPRESSION
+from upscaler.io.formats import DEFAULT_TIFF_COMPRESSION, FORMATS, SUFFIX_FORMATS, SUFFIXES
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 _TEMP_NAME = re.compile(r"\.upscale-(\d+)-(\d+)\.tmp")
@@ -41,7 +40,7 @@ class Job:
     target: Path
     format: str  # Pillow's name of the format to write
     root: Path | None = None  # the output folder nothing may be written outside of (None: the target's folder)
-    tiff_compression: str = DEFAULT_COMPRESSION  # for TIFF targets: a key of io.tiff.COMPRESSIONS
+    tiff_compression: str = DEFAULT_TIFF_COMPRESSION  # for TIFF targets: a key of io.formats.TIFF_COMPRESSIONS
 
 
 @dataclass
@@ -113,7 +112,7 @@ def target_path(source: Path, in_dir: Path, out_dir: Path, fmt: str) -> Path:
 
 
 def plan_jobs(sources: list[Path], in_dir: Path, out_dir: Path, requested: str,
-              tiff_compression: str = DEFAULT_COMPRESSION) -> list[Job]:
+              tiff_compression: str = DEFAULT_TIFF_COMPRESSION) -> list[Job]:
     return [Job(s, target_path(s, in_dir, out_dir, fmt), fmt, out_dir, tiff_compression)
             for s in sources for fmt in [output_format(s, requested)]]
 

@@ -21,13 +21,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from upscaler.io.formats import DEFAULT_TIFF_COMPRESSION, SUFFIXES
 from upscaler.io.png import write_png
-from upscaler.io.tiff import DEFAULT_COMPRESSION, LAYOUT_TAGS, read_tiff_pixels, write_tiff
+from upscaler.io.tiff import LAYOUT_TAGS, read_tiff_pixels, write_tiff
 
-# Output format names (as --format spells them) to Pillow's names and file suffixes.
-FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
-SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
-SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _ORIENTATION = 0x0112
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
@@ -195,7 +192,7 @@ def pillow_encodes(fmt: str) -> bool:
     return fmt not in ("PNG", "TIFF")
 
 
-def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO, tiff_compression: str = DEFAULT_COMPRESSION) -> None:
+def encode_picture(picture: Picture, fmt: str, path: Path | BinaryIO, tiff_compression: str = DEFAULT_TIFF_COMPRESSION) -> None:
     """Write `picture` as `fmt` to `path` or a seekable binary stream (the caller makes that a temporary file)."""
     if picture.bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
         picture = _to_8bit(picture)

@@ -25,8 +25,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-COMPRESSIONS = {"none": 1, "deflate": 8, "lzw": 5, "zstd": 50000}  # `--tiff-compression` -> TIFF's Compression tag
-DEFAULT_COMPRESSION = "deflate"
+from upscaler.io.formats import DEFAULT_TIFF_COMPRESSION, TIFF_COMPRESSIONS
+
 # Tags that describe how a file's pixels are stored, not the photo: a TIFF's EXIF (Pillow's getexif())
 # returns them, and carried into another file they would contradict its real layout.
 LAYOUT_TAGS = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514,
@@ -37,7 +37,7 @@ _ENTRY = struct.Struct("<HHI4s")
 
 
 def write_tiff(out: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None = None, icc: bytes | None = None,
-               exif: bytes | None = None, compression: str = DEFAULT_COMPRESSION) -> None:
+               exif: bytes | None = None, compression: str = DEFAULT_TIFF_COMPRESSION) -> None:
     """HxWx3 or HxW `color` (uint8 or uint16) and an optional HxW `alpha` of the same type, to a path or a seekable stream it can read back.
 
     16-bit gray with alpha is stored as RGB + alpha: Pillow, and most readers, open no 16-bit gray-alpha TIFF.
@@ -51,7 +51,7 @@ def write_tiff(out: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None
     channels = sum(plane.shape[2] if plane.ndim == 3 else 1 for plane in planes)
     rows = max(1, min(height, _STRIP_BYTES // (width * channels * color.itemsize)))
     bigtiff = height * width * channels * color.itemsize > _CLASSIC_LIMIT
-    tag = COMPRESSIONS[compression]
+    tag = TIFF_COMPRESSIONS[compression]
     with open(out, "w+b") if isinstance(out, Path) else nullcontext(out) as stream:
         start = stream.tell()
         # Named here: tifffile takes a stream's `name` for a path, and os.fdopen's (the atomic writer's) is an int.

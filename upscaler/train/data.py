@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upscaler.io.images import SUFFIX_FORMATS, to_uint8
+from upscaler.io.formats import SUFFIX_FORMATS
+from upscaler.io.images import to_uint8
 from upscaler.quality.evaluate import read_named
 from upscaler.quality.resize import imresize
 from upscaler.train.degradations import Draw, RealWorldSettings, degrade_realworld, random_damage, unsharp_mask
