@@ -15,7 +15,7 @@ from upscaler.cli.options import DeviceOption, ModelOption
 from upscaler.engine.devices import resolve_device
 from upscaler.engine.plan import STATIC_PHOTO_TILE
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP
-from upscaler.io.user_cache import ENGINES_HELP, engines_folder
+from upscaler.io.user_folders import ENGINES_HELP, engines_folder
 from upscaler.models.weights import DEFAULT_MODEL
 
 

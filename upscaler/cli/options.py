@@ -17,7 +17,7 @@ import typer
 
 from upscaler.cli.app import fail
 from upscaler.engine.settings import DEFAULT_BATCH, DEFAULT_OVERLAP, RunSettings, parse_tile
-from upscaler.io.user_cache import ENGINES_HELP, engines_folder
+from upscaler.io.user_folders import ENGINES_HELP, engines_folder
 from upscaler.models.weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads when a model opens, not for --help or a usage error

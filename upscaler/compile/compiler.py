@@ -23,7 +23,7 @@ from upscaler.compile.onnx import (
     wrap_foreign_onnx,
 )
 from upscaler.compile.trt.cache import EngineCache, EngineKey
-from upscaler.io.user_cache import engines_folder
+from upscaler.io.user_folders import engines_folder
 from upscaler.models.onnx_model import OnnxModule
 from upscaler.models.weights import LoadedModel
 from upscaler.quality.metrics import psnr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from upscaler.io.user_cache import engines_folder
+from upscaler.io.user_folders import engines_folder
 
 DEFAULT_OVERLAP = 24
 DEFAULT_BATCH = 4

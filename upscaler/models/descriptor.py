@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from upscaler.io.user_cache import descriptors_folder
+from upscaler.io.user_folders import descriptors_folder
 
 DESCRIPTOR_KEY = "descriptor"  # the safetensors metadata key
 # Bump when a figure is measured differently: every stored or cached descriptor is then measured again.

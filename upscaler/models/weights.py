@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from upscaler.io.user_folders import platform_folder
 from upscaler.models.descriptor import DESCRIPTOR_KEY, ModelDescriptor, cached, remember
 from upscaler.models.errors import ModelError
 
@@ -165,13 +165,7 @@ def user_models_dir() -> Path:
     """Where `upscale import` puts models: $UPSCALER_MODELS, else the platform's per-user data folder."""
     if os.environ.get(MODELS_ENV):
         return Path(os.environ[MODELS_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "upscaler" / "models"
+    return platform_folder("data") / "models"
 
 
 def user_models(folder: Path | None = None) -> dict[str, Path]:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from upscaler.engine.settings import RunSettings
-from upscaler.io import user_cache
+from upscaler.io import user_folders
 
 
 def _compile(model: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in (user_cache.CACHE_ENV, user_cache.ENGINES_ENV)}
+    clean = {k: v for k, v in os.environ.items() if k not in (user_folders.CACHE_ENV, user_folders.ENGINES_ENV)}
     return subprocess.run([sys.executable, "-m", "upscaler", "compile", "--model", str(model), "--tile", "32",
                            "--overlap", "8", "--batch", "1", "--device", "cpu", "--precision", "fp32"],
                           cwd=cwd, env={**clean, **env, "PYTHONPATH": str(Path(__file__).parent.parent)},
@@ -33,16 +33,16 @@ def test_compile_writes_to_the_user_cache_folder_or_upscaler_engines(tiny_model:
 
 
 def test_the_folders_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(user_cache.CACHE_ENV, raising=False)
-    monkeypatch.delenv(user_cache.ENGINES_ENV, raising=False)
+    monkeypatch.delenv(user_folders.CACHE_ENV, raising=False)
+    monkeypatch.delenv(user_folders.ENGINES_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     if sys.platform.startswith("linux"):
         assert RunSettings("m").engines == tmp_path / "xdg" / "upscaler" / "engines"
         monkeypatch.delenv("XDG_CACHE_HOME")
-        assert user_cache.engines_folder() == tmp_path / "home" / ".cache" / "upscaler" / "engines"
-    monkeypatch.setenv(user_cache.CACHE_ENV, str(tmp_path / "all"))
-    assert (user_cache.engines_folder(), user_cache.descriptors_folder()) == (tmp_path / "all" / "engines",
+        assert user_folders.engines_folder() == tmp_path / "home" / ".cache" / "upscaler" / "engines"
+    monkeypatch.setenv(user_folders.CACHE_ENV, str(tmp_path / "all"))
+    assert (user_folders.engines_folder(), user_folders.descriptors_folder()) == (tmp_path / "all" / "engines",
                                                                              tmp_path / "all" / "descriptors")
-    monkeypatch.setenv(user_cache.ENGINES_ENV, str(tmp_path / "fast"))
-    assert RunSettings("m").engines == tmp_path / "fast" and user_cache.descriptors_folder() == tmp_path / "all" / "descriptors"
+    monkeypatch.setenv(user_folders.ENGINES_ENV, str(tmp_path / "fast"))
+    assert RunSettings("m").engines == tmp_path / "fast" and user_folders.descriptors_folder() == tmp_path / "all" / "descriptors"
