@@ -61,7 +61,11 @@ def list_models(
         })
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
+    else:
+        _print_table(rows, folder)
+
+
+def _print_table(rows: list[dict[str, Any]], folder: Path) -> None:
     table = Table(title=escape(printable(f"models: built-in, then imported from {folder}")))
     for column in ("name", "arch", "scale", "parameters", "MACs/pixel", "Set5 PSNR/SSIM", "Set14 PSNR/SSIM", f"{DAMAGED_TRACK} PSNR/grid"):
         table.add_column(column)
