@@ -203,14 +203,6 @@ def test_an_image_suffix_for_the_output_is_a_usage_error_before_any_work(rich_cl
     assert not out.exists() and "frames written" not in result.output  # refused before any frame
 
 
-def test_container_that_cannot_hold_a_stream_is_a_usage_error(rich_clip: Path, tmp_path: Path, tiny_model: Path) -> None:
-    out = tmp_path / "out.mp4"
-    result = CliRunner().invoke(app, ["video", str(rich_clip), "-o", str(out), "--device", "cpu", "-m", str(tiny_model)])
-    assert result.exit_code == 2, result.output
-    assert "error:" in result.output and "subtitle" in result.output and "Traceback" not in result.output
-    assert not out.exists()
-
-
 def _frames_decoded(stderr: str) -> int:
     match = re.search(r"frames decoded this run\s*│\s*(\d+)", stderr)
     assert match, stderr

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from upscaler.cli import app
-from upscaler.io.video import probe
+from upscaler.io.video import VideoError, probe
 from upscaler.jobs.video import plan_segments
 
 from .test_video import decoded, ffmpeg, packets
@@ -49,6 +49,10 @@ def local_result(clip: Path, tiny_model: Path, tmp_path_factory: pytest.TempPath
     result = CliRunner().invoke(app, ["video", str(clip), "-o", str(out), "--device", "cpu", "-m", str(tiny_model), *SEGMENTS])
     assert result.exit_code == 0, result.output
     return out
+
+
+def _failing_mux(*_: object) -> None:
+    raise VideoError("the final mux fails (test)")
 
 
 def _row(output: str, name: str) -> str:
@@ -92,15 +96,16 @@ def test_cluster_run_matches_the_local_run(local_ray: ModuleType, clip: Path, lo
 
 
 def test_rerun_after_an_interrupted_cluster_run_redoes_only_the_missing_segment(
-        local_ray: ModuleType, clip: Path, local_result: Path, tiny_model: Path, tmp_path: Path) -> None:
+        local_ray: ModuleType, clip: Path, local_result: Path, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.mkv"
     command = ["video", str(clip), "-o", str(out), "--device", "cpu", "-m", str(tiny_model), *SEGMENTS, "--cluster", "local"]
-    out.mkdir()  # OUT cannot be written: every segment is encoded, the final rename fails, the work folder stays
+    monkeypatch.setattr("upscaler.jobs.video.mux", _failing_mux)  # every segment is encoded, the work folder stays
     first = CliRunner().invoke(app, command)
     assert first.exit_code == 1, first.output
     work = tmp_path / f".upscale-work-{out.name}"
     assert len(list(work.glob("segment-*.packets"))) == 8
-    out.rmdir()
+    monkeypatch.undo()
     (work / "segment-00003.packets").unlink()  # as if the worker encoding it had been lost with the cluster
     # A fresh process and a fresh Ray (`local` starts its own): the cluster restarted.
     rerun = subprocess.run([sys.executable, "-m", "upscaler", *command], capture_output=True, text=True, check=False)
@@ -110,7 +115,8 @@ def test_rerun_after_an_interrupted_cluster_run_redoes_only_the_missing_segment(
     assert_same_video(out, local_result)
 
 
-def test_open_gop_segments_encoded_apart_match_one_straight_run(tmp_path: Path, tiny_model: Path) -> None:
+def test_open_gop_segments_encoded_apart_match_one_straight_run(tmp_path: Path, tiny_model: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Leading B-frames of an open GOP follow their keyframe in decode order: they stay with the segment before."""
     clip = tmp_path / "open.mkv"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12", "-frames:v", "36", "-c:v", "libx264", "-pix_fmt", "yuv420p",
@@ -118,9 +124,9 @@ def test_open_gop_segments_encoded_apart_match_one_straight_run(tmp_path: Path, 
     command = ["video", str(clip), "--device", "cpu", "-m", str(tiny_model), "--segment-seconds", "0.4"]
     straight, apart = tmp_path / "straight.mkv", tmp_path / "apart.mkv"
     assert CliRunner().invoke(app, [*command, "-o", str(straight)]).exit_code == 0
-    apart.mkdir()  # the first run's rename fails: its segments stay
+    monkeypatch.setattr("upscaler.jobs.video.mux", _failing_mux)  # the first run's mux fails: its segments stay
     assert CliRunner().invoke(app, [*command, "-o", str(apart)]).exit_code == 1
-    apart.rmdir()
+    monkeypatch.undo()
     work = tmp_path / f".upscale-work-{apart.name}"
     for index in (1, 3):
         (work / f"segment-0000{index}.packets").unlink()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail
+from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, fail, warn
 from upscaler.cli.options import ClusterOption, open_engine_or_fail, run_options
 from upscaler.cli.report import Rate, print_summary, progress
 from upscaler.engine.settings import RunSettings
@@ -84,18 +86,20 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         raise fail(f"{source}: no such file", EXIT_FAILED)
     if out.exists() and out.resolve() == source.resolve():
         raise fail(f"{out}: is the input; choose another output name")
+    _check_out(out)
     try:
         info = probe(source)
         plan = plan_segments(info, segment_seconds)
     except VideoError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     engine = open_engine_or_fail(settings)
+    _prepare_out(out)
     try:
         encoding, warnings = choose_encoding(info, out, engine.scale, engine.device.type == "cuda", codec.value, crf, preset, pix_fmt)
     except VideoError as exc:
         raise fail(str(exc)) from None
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        warn(warning)
     with ExitStack() as resources:
         pool = _started_pool(resources, cluster, settings) if cluster is not None else None
         stats, work, backend, rate = _encode(engine, pool, info, plan, encoding, out, resume, segment_seconds)
@@ -107,6 +111,53 @@ def _video(source: Path, out: Path, settings: RunSettings, codec: Codec, crf: in
         ("segments encoded this run", f"{stats.encoded_segments} of {len(plan)}"),
         ("resumed from", f"{stats.resumed_segments} segment(s), {stats.resumed_frames} frame(s)"),
     ], rate.elapsed, rate.items, "frames/s", rate.items * info.width * info.height)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an OUT the result could not be renamed onto, found after the whole encode
+    otherwise: a folder, a link (never written through), a device, or something in the way of its work folder."""
+    from upscaler.jobs.video import work_folder_path
+
+    work = work_folder_path(out)
+    for path in (out, work):
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # a file in place of a folder above it, a folder that cannot be searched, a long name
+            where = "there" if path == out else f"its work folder {work}"
+            raise fail(f"{out}: cannot write {where} ({exc.strerror or exc})") from None
+        if path == work:
+            if not stat.S_ISDIR(mode):
+                raise fail(f"{work}: is in the way of {out}'s work folder (not a folder); remove it or choose another -o")
+        elif stat.S_ISLNK(mode):
+            raise fail(f"{out}: is a symbolic link; it is not replaced (remove it or choose another -o)")
+        elif stat.S_ISDIR(mode):
+            raise fail(f"{out}: is a folder; -o names the video file to write")
+        elif not stat.S_ISREG(mode):
+            raise fail(f"{out}: is not a regular file; it is not replaced (choose another -o)")
+
+
+def _prepare_out(out: Path) -> None:
+    """OUT's folder made and proven writable, temporaries of dead runs removed: once the model opened
+    (a bad model leaves no folder behind), before any frame."""
+    from upscaler.io.files import prepare_folder
+
+    try:
+        prepare_folder(out.parent, recursive=False)
+    except OSError as exc:
+        raise fail(f"{out}: cannot write there ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def _released_on_failure(work: WorkFolder) -> Iterator[None]:
+    """Let go of the work folder's lock if the job fails (this process may go on); a job that completes
+    holds it until the folder is removed, so no other run claims the folder in between."""
+    try:
+        yield
+    except BaseException:
+        work.release()
+        raise
 
 
 def _started_pool(resources: ExitStack, cluster: str, settings: RunSettings) -> SegmentPool:
@@ -122,19 +173,32 @@ def _encode(engine: Engine, pool: SegmentPool | None, info: SourceVideo, plan: l
             out: Path, resume: bool, segment_seconds: float) -> tuple[RunStats, WorkFolder, str, Rate]:
     """The job, here or on the pool, with a progress bar; resumes the work folder of the same identity."""
     from upscaler.io.video import VideoError
-    from upscaler.jobs.video import SegmentJob, encode_segments, job_key, mux, open_work
+    from upscaler.jobs.video import (
+        SegmentJob,
+        WorkFolderBusy,
+        encode_segments,
+        job_key,
+        mux,
+        open_work,
+        work_folder_path,
+    )
 
     frame = (info.height, info.width)
     try:
         identity = engine.identity(frame) if pool is None else pool.identity(frame)  # the workers make the pixels there
     except RuntimeError as exc:
         raise fail(str(exc)) from None
-    work = open_work(out, job_key(info.path, encoding, identity, segment_seconds), resume)
+    try:
+        work = open_work(out, job_key(info.path, encoding, identity, segment_seconds), resume)
+    except WorkFolderBusy as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except OSError as exc:
+        raise fail(f"{out}: cannot write its work folder {work_folder_path(out)} ({exc.strerror or exc})") from None
     if work.segments:
         console.print(f"resuming: {len(work.segments)} segment(s), {work.frames} frame(s) already done", highlight=False)
     backend = engine.description if pool is None else f"{pool.info.backend}; {pool.workers} Ray worker(s)"
     rate = Rate()
-    with progress("frames", "fps") as bar:
+    with _released_on_failure(work), progress("frames", "fps") as bar:
         task = bar.add_task("video", total=info.frames_estimate or None, completed=work.frames, rate=0.0)
 
         def on_frames(count: int) -> None:

@@ -7,11 +7,13 @@ knows nothing of the engine: it probes sources (timing, colour tags, rotation, H
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -50,6 +52,7 @@ class SourceVideo:
     hdr: HdrMetadata | None
     sample_aspect_ratio: Fraction | None
     metadata: dict[str, str] = field(default_factory=dict)
+    covers: frozenset[int] = frozenset()  # cover art beside the video: copied as cover art, never upscaled
 
     @property
     def bits(self) -> int:
@@ -145,11 +148,32 @@ def error_cause(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def _picture_stream(container: av.container.InputContainer, path: Path) -> VideoStream:
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            return stream
-    raise VideoError(f"{path}: has no video stream")
+def _picture_stream(container: av.container.InputContainer, path: Path) -> tuple[VideoStream, frozenset[int]]:
+    """The video to upscale, and the cover art beside it.
+
+    A cover is an attached picture or, as Matroska cannot flag one on a track, a lone picture in an
+    image codec; of the other video streams the default-flagged one is the video, else the first.
+    """
+    videos = list(container.streams.video)
+    attached = {s.index for s in videos if s.disposition & av.stream.Disposition.attached_pic}
+    candidates = [s for s in videos if s.index not in attached]
+    if not candidates:
+        raise VideoError(f"{path}: has no video stream")
+    pictures: set[int] = set()
+    if len(candidates) > 1:
+        pictures = {s.index for s in candidates if s.codec_context.name in _IMAGE_CODECS and _one_picture(path, s.index)}
+        candidates = [s for s in candidates if s.index not in pictures] or candidates
+    stream = next((s for s in candidates if s.disposition & av.stream.Disposition.default), candidates[0])
+    return stream, frozenset((attached | pictures) - {stream.index})
+
+
+def _one_picture(path: Path, index: int) -> bool:
+    """Whether the stream holds one packet (demuxed, not decoded; a cover ends at its first)."""
+    with open_input(path) as container:
+        try:
+            return len(list(islice((p for p in container.demux(container.streams[index]) if p.size), 2))) == 1
+        except av.error.FFmpegError:
+            return False  # not a cover; decoding the video will say what is wrong with the file
 
 
 def probe(path: Path) -> SourceVideo:
@@ -157,7 +181,7 @@ def probe(path: Path) -> SourceVideo:
     with open_input(path) as container:
         if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe...
             raise VideoError(f"{path}: a still image, not a video; `upscale image` upscales it")
-        stream = _picture_stream(container, path)
+        stream, covers = _picture_stream(container, path)
         ctx = stream.codec_context
         try:
             first = next(container.decode(stream), None)
@@ -176,7 +200,77 @@ def probe(path: Path) -> SourceVideo:
         side_data = [] if ctx.name in _IMAGE_CODECS else _side_data(first)
         return SourceVideo(path, stream.index, first.width, first.height, first.format.name, time_base, rate,
                            estimate, tags, _display_matrix(side_data), _hdr_from_frame(side_data),
-                           stream.sample_aspect_ratio, keep)
+                           stream.sample_aspect_ratio, keep, covers)
+
+
+# --- how long the source says it is ---------------------------------------------------------------
+
+# Containers whose header states how long each stream is. Elsewhere FFmpeg estimates a length (from
+# the bit rate, from the last timestamps), which says nothing about whether a file is whole.
+_STATED_LENGTH = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+# How far short of the stated end a whole file may stop: an audio encoder's padding, an edit list
+# that ends between two frames, a tag rounded to the millisecond.
+_LENGTH_SLACK_S = 0.5
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The length a container's header states: the video's, or (`whole`) the longest stream's.
+
+    `start` and `end` are seconds on the video's clock; `frames` is 0 where no count is stated.
+    """
+
+    start: float
+    end: float
+    frames: int
+    whole: bool
+
+    def __str__(self) -> str:
+        return f"{self.end - self.start:.2f} s" + (f" ({self.frames} frames)" if self.frames else "")
+
+
+def declared_length(container: av.container.InputContainer, stream: VideoStream) -> Declared | None:
+    """What the header says: MP4's track duration, Matroska's DURATION tag, else the container's duration."""
+    if container.format.name not in _STATED_LENGTH:
+        return None
+    time_base = stream.time_base or Fraction(1, 1000)
+    start = float((stream.start_time or 0) * time_base)
+    if stream.duration:
+        return Declared(start, start + float(stream.duration * time_base), stream.frames, whole=False)
+    tagged = _tagged_duration(stream.metadata)
+    if tagged is not None:
+        return Declared(start, tagged, stream.frames, whole=False)
+    if container.duration:
+        end = ((container.start_time or 0) + container.duration) / av.time_base
+        return Declared(start, end, stream.frames, whole=True)
+    return None
+
+
+def _tagged_duration(metadata: dict[str, str]) -> float | None:
+    """Matroska's per-stream DURATION tag (`HH:MM:SS.nnnnnnnnn`, the stream's end), as FFmpeg and mkvmerge write it."""
+    value = next((v for k, v in metadata.items() if k.upper().partition("-")[0] == "DURATION"), "")
+    try:
+        hours, minutes, seconds = value.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def check_length(path: Path, declared: Declared | None, frames: int, video_end: float | None,
+                 any_end: float | None) -> None:
+    """Refuse a source whose packets stop short of the length its container declares.
+
+    FFmpeg reads a cut file (an unfinished download or copy, a faststart MP4 or a Matroska file cut
+    mid-cluster) to where it stops without a word, so its end would pass for the video's end.
+    `video_end` and `any_end` are where the video's and any stream's packets end (seconds).
+    """
+    if declared is None:
+        return
+    reached = any_end if declared.whole else video_end
+    if reached is None or reached < declared.end - _LENGTH_SLACK_S:
+        ends = (video_end if video_end is not None else declared.start) - declared.start
+        raise VideoError(f"{path}: ends after frame {frames} ({ends:.2f} s) but its container declares {declared}: "
+                         "cut short, or a header that overstates its length")
 
 
 # --- how the result is encoded --------------------------------------------------------------------
@@ -189,6 +283,7 @@ class EncodeSettings:
     options: dict[str, str]
     container: str  # FFmpeg's name of OUT's format, picked by OUT's suffix
     global_header: bool  # the container wants stream headers apart (mkv, mp4), so the encoders must too
+    kept: tuple[int, ...] = ()  # the source's other streams OUT's container holds (`check_streams`)
 
     def open(self, source: SourceVideo, width: int, height: int) -> VideoCodecContext:
         """A fresh encoder: every segment gets one, configured identically."""
@@ -219,6 +314,30 @@ def configure_encoder(ctx: VideoCodecContext, settings: EncodeSettings, source: 
     if source.sample_aspect_ratio:
         ctx.sample_aspect_ratio = source.sample_aspect_ratio
     ctx.options = dict(settings.options)
+
+
+# Encoders that take only whole chroma samples: 4:2:0 in even widths and heights, 4:2:2 in even
+# widths. Opened on another size they fail with a bare "Generic error in an external library".
+_WHOLE_CHROMA = frozenset({"libx264", "libx265", "libsvtav1", "h264_nvenc", "hevc_nvenc"})
+
+
+def check_size(codec: str, pix_fmt: str, source: SourceVideo, scale: int) -> None:
+    """Refuse, before any work, an upscaled size the encoder cannot take in `pix_fmt`, naming the ways out."""
+    if codec not in _WHOLE_CHROMA:
+        return
+    desc = av.VideoFormat(pix_fmt)
+    width, height = source.width * scale, source.height * scale
+    halved_w, halved_h = desc.chroma_width(1024) < 1024, desc.chroma_height(1024) < 1024
+    odd = [name for name, size, halved in (("width", width, halved_w), ("height", height, halved_h)) if halved and size % 2]
+    if not odd:
+        return
+    deep = bit_depth(pix_fmt) > 8
+    supported = {f.name for f in av.Codec(codec, "w").video_formats or []}
+    full = next((f for f in (("yuv444p10le", "yuv444p16le") if deep else ("yuv444p",)) if f in supported), None)
+    raise VideoError(f"the upscaled size {width}x{height} ({source.width}x{source.height} x {scale}) is odd in "
+                     f"{' and '.join(odd)}, and {codec} encodes {pix_fmt} (chroma halved "
+                     f"{'both ways' if halved_h else 'horizontally'}) only in even sizes; use "
+                     + (f"--pix-fmt {full}, or " if full else "") + "a --scale that gives even sizes")
 
 
 def encoder_available(codec: str) -> bool:
@@ -310,22 +429,51 @@ def open_output(out: Path, target: BinaryIO | None = None, container: str | None
 # --- what the output can hold ------------------------------------------------------------------
 
 
-def check_streams(source: SourceVideo, out: Path) -> list[str]:
-    """Fail early if OUT's container cannot hold a stream to copy; returns warnings for streams left out."""
+# Cover art kept, by codec and the MIME type it is written with: MP4 keeps it as its `covr` atom,
+# Matroska as an attachment that its demuxer shows as an attached picture again.
+COVER_ART = {"mp4": {"png": "image/png", "mjpeg": "image/jpeg", "bmp": "image/bmp"},
+             "matroska": {"png": "image/png", "mjpeg": "image/jpeg", "gif": "image/gif", "tiff": "image/tiff"}}
+
+
+def check_streams(source: SourceVideo, container: str) -> tuple[tuple[int, ...], list[str]]:
+    """Which of the source's other streams OUT's `container` holds, decided before any work so that
+    none fails the final mux; a warning names each one left out and why."""
+    kept: list[int] = []
     warnings: list[str] = []
-    with open_input(source.path) as container, open_output(out) as probe_out:
-        for stream in container.streams:
+    with open_input(source.path) as src:
+        for stream in src.streams:
             if stream.index == source.stream_index:
                 continue
-            if stream.type == "data":
-                warnings.append(f"{source.path}: data stream #{stream.index} is not copied")
-                continue
-            try:
-                probe_out.add_stream_from_template(stream)
-            except ValueError as exc:
-                raise VideoError(f"{out}: cannot hold {source.path}'s {stream.type} stream #{stream.index} ({exc}); "
-                                 "use a .mkv output") from None
-    return warnings
+            cover = stream.index in source.covers
+            why = _left_out(stream, cover, container)
+            if why is None:
+                kept.append(stream.index)
+            else:
+                name = stream.metadata.get("filename") if stream.codec_context is None else stream.codec_context.name
+                label = f"{'cover art' if cover else stream.type} stream #{stream.index}" + (f" ({name})" if name else "")
+                warnings.append(f"{source.path}: {label} is not copied: {why}")
+    return tuple(kept), warnings
+
+
+def _left_out(stream: av.stream.Stream, cover: bool, container: str) -> str | None:
+    """Why `container` cannot hold the stream; None if it can."""
+    if stream.type == "data":
+        return "data streams (timecodes and the like) are never copied"
+    if cover:
+        art = COVER_ART.get(container)
+        if art is None:
+            return f"{container} has no cover art"
+        return None if stream.codec_context.name in art else f"{container} keeps cover art only as {', '.join(art)}"
+    if stream.type == "attachment":  # WebM's muxer takes them and writes nothing
+        return None if container == "matroska" else "only .mkv holds attachments"
+    try:  # the muxer's own checks, on a header written to memory
+        with av.open(io.BytesIO(), "w", format=container) as trial:
+            trial.add_stream_from_template(stream)
+            trial.start_encoding()
+    except (av.error.FFmpegError, ValueError):
+        codec = f"{stream.codec_context.name} " if stream.codec_context is not None else ""
+        return f"{container} cannot hold {codec}{stream.type} streams"
+    return None
 
 
 def choose_encoding(source: SourceVideo, out: Path, scale: int, cuda: bool, codec: str, crf: int | None,
@@ -334,5 +482,7 @@ def choose_encoding(source: SourceVideo, out: Path, scale: int, cuda: bool, code
     OUT's container before any frame is decoded; with warnings for streams OUT will not carry."""
     name = choose_codec(codec, source.bits, cuda)
     settings = encode_settings(name, crf, preset, pix_fmt or default_pix_fmt(source.pix_fmt, name), source.hdr, out)
+    check_size(name, settings.pix_fmt, source, scale)
     settings.check(source, source.width * scale, source.height * scale)
-    return settings, check_streams(source, out)
+    kept, warnings = check_streams(source, settings.container)
+    return replace(settings, kept=kept), warnings

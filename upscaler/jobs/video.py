@@ -1,9 +1,11 @@
 """The video job: decode, upscale, encode in resumable segments, copy every other stream, mux.
 
-The picture stream is decoded, upscaled and encoded; every audio, subtitle and attachment stream
-is copied packet for packet. Frames keep their own timestamps and durations (variable frame rate
-stays variable), the colour tags (an RGB or untagged source's output gets the Y'CbCr matrix it is
-converted to, `encoded_tags`), rotation and HDR mastering data are carried over, and 10-bit stays 10-bit.
+The picture stream is decoded, upscaled and encoded; every other stream OUT's container holds
+(`check_streams` decides before any work) is copied packet for packet, cover art as cover art.
+Frames keep their own timestamps (repeated or backwards ones repaired) and durations (variable
+frame rate stays variable), the colour tags (an RGB or untagged source's output gets the Y'CbCr
+matrix it is converted to, `encoded_tags`), rotation and HDR mastering data are carried over, and
+10-bit stays 10-bit.
 
 The encoded picture is kept in segments cut at the source's keyframes, planned before any
 decoding from the keyframe packets (`plan_segments`), each in a hidden work folder beside OUT and
@@ -17,7 +19,10 @@ so the frames are the same however many times the work was interrupted.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import mimetypes
+import os
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -28,17 +33,21 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 import av
 import av.error
 import numpy as np
+from av.stream import Disposition
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
 from upscaler.io.colour import Converter, encoded_tags, open_converter
-from upscaler.io.files import AtomicFile, write_atomically, write_bytes_atomically
+from upscaler.io.files import AtomicFile, prepare_folder, write_atomically, write_bytes_atomically
 from upscaler.io.stages import Stages
 from upscaler.io.video import (
+    COVER_ART,
     EncodeSettings,
     SourceVideo,
     VideoError,
+    check_length,
     configure_encoder,
+    declared_length,
     error_cause,
     open_input,
     open_output,
@@ -54,6 +63,7 @@ _RECORD = struct.Struct("<qqqiI")  # pts, dts, duration, keyframe, size
 _PACKETS_MAGIC = b"UPSCALE-PACKETS-1\n"
 _MANIFEST = "manifest.json"
 _HIDDEN = ".upscale-"  # the work folder and the segment being written hide beside OUT
+_LOCK = "lock"  # in the work folder, flock-ed by the run writing it (not hidden: `load` keeps it)
 
 
 # --- the work folder ------------------------------------------------------------------------------
@@ -79,12 +89,13 @@ def plan_segments(source: SourceVideo, segment_s: float) -> list[PlannedSegment]
     """Segments cut at the first keyframe at least `segment_s` after the previous cut.
 
     Read from the keyframe packets (demuxing, no decoding), so the whole video is planned in a
-    moment; a source whose packets carry no timestamps is one segment.
+    moment; a source whose packets carry no timestamps is one segment. A source that stops short
+    of the length its container declares is refused here, before any work.
     """
     with open_input(source.path) as container:
-        stream = container.streams[source.stream_index]
+        stream = cast(VideoStream, container.streams[source.stream_index])
         try:
-            keys = sorted({p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None})
+            keys = _keyframes(source, container, stream)
         except av.error.FFmpegError as exc:
             raise VideoError(f"{source.path}: cannot read its packets ({error_cause(exc)})") from None
     cuts: list[int] = []
@@ -96,14 +107,78 @@ def plan_segments(source: SourceVideo, segment_s: float) -> list[PlannedSegment]
             for i, (first, next_pts) in enumerate(zip(starts, [*cuts, None], strict=True))]
 
 
+def _keyframes(source: SourceVideo, container: av.container.InputContainer, stream: VideoStream) -> list[int]:
+    """The video's keyframe timestamps, from one pass over every stream's packets (the container's
+    declared length may be any stream's), which also finds a source cut short (`check_length`)."""
+    declared = declared_length(container, stream)
+    keys: set[int] = set()
+    frames = 0
+    ends: dict[int, int] = {}  # stream index: where its packets end, in its time base
+    for packet in container.demux():
+        video = packet.stream_index == stream.index
+        if video and (not packet.size or packet.is_corrupt):
+            continue  # the demuxer's end-of-stream marker, or a frame the cut left partial
+        if video:
+            frames += 1
+            if packet.is_keyframe and packet.pts is not None:
+                keys.add(packet.pts)
+        if packet.pts is not None:
+            end = packet.pts + (packet.duration or 0)
+            ends[packet.stream_index] = max(end, ends.get(packet.stream_index, end))
+    seconds = {i: float(end * (container.streams[i].time_base or 0)) for i, end in ends.items()}
+    check_length(source.path, declared, frames, seconds.get(stream.index), max(seconds.values(), default=None))
+    return sorted(keys)
+
+
+def work_folder_path(out: Path) -> Path:
+    return out.with_name(f"{_HIDDEN}work-{out.name}")
+
+
+class WorkFolderBusy(VideoError):
+    """Another run holds OUT's work folder."""
+
+
 class WorkFolder:
-    """Hidden folder beside OUT: a manifest of complete segments and their packet files."""
+    """Hidden folder beside OUT: a manifest of complete segments and their packet files, and the lock
+    of the run that writes them."""
 
     def __init__(self, out: Path, key: dict[str, object]) -> None:
-        self.path = out.with_name(f"{_HIDDEN}work-{out.name}")
+        self.out = out
+        self.path = work_folder_path(out)
         self.key = key
         self.segments: dict[int, Segment] = {}
         self.extradata: bytes | None = None
+        self._lock: int | None = None
+
+    def claim(self) -> None:
+        """Make the folder if missing and lock it for this run.
+
+        Without the lock a second run on OUT would clear or splice this one's segments; it fails at
+        once instead (WorkFolderBusy). The lock goes with the process, however it ends.
+        """
+        lock = self.path / _LOCK
+        while self._lock is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise WorkFolderBusy(f"another `upscale video` run is writing {self.out} (its work folder {self.path} "
+                                     "is locked); wait for it to finish, or choose another -o") from None
+            try:
+                current: os.stat_result | None = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                self._lock = fd
+            else:
+                os.close(fd)  # the run that held it removed the folder meanwhile: claim a fresh one
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def load(self) -> bool:
         """Pick up a previous run's segments if it was the same job; False if starting afresh."""
@@ -123,8 +198,15 @@ class WorkFolder:
         return bool(self.segments)
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
+        """Empty the folder (made if missing), keeping the lock of the run that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for entry in self.path.iterdir():
+            if entry.name == _LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         self.segments = {}
         self._save()
 
@@ -151,7 +233,9 @@ class WorkFolder:
         write_bytes_atomically(self.path / _MANIFEST, json.dumps(manifest, indent=1).encode())
 
     def remove(self) -> None:
+        """Delete the folder (OUT is complete), then let go of its lock."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
 
 
 def _segment_name(index: int) -> str:
@@ -270,7 +354,11 @@ def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunSt
     """The frames of consecutive planned segments, RGB, from one seek to the first one's keyframe.
 
     A frame belongs to the last segment whose keyframe it does not precede, so the leading frames
-    of an open GOP stay with the segment before, as a straight decode shows them.
+    of an open GOP stay with the segment before, as a straight decode shows them. Timestamps
+    strictly increase within a segment, as encoders and muxers need: a repeated or backwards one
+    becomes the previous one + 1 (as ffmpeg repairs them), the frame keeping its duration. Each
+    segment starts from its own first timestamp, so its frames are the same whichever run encodes
+    it; `_video_packets` moves a segment on where the one before reaches past its start.
     """
     start, stop = run[0].first_pts, run[-1].next_pts
     with open_input(source.path) as container:
@@ -281,27 +369,60 @@ def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunSt
         segments = iter(run)
         segment = next(segments)
         pending: tuple[FrameInfo, np.ndarray] | None = None
-        last_pts: int | None = None
+        floor = start  # until the first frame from the run's keyframe on: None once there
+        last_pts: int | None = None  # the segment's previous frame, as encoded
         try:
             for frame in cast(Iterator[av.VideoFrame], container.decode(stream)):
                 stats.decoded += 1
-                pts = frame.pts if frame.pts is not None else (last_pts + 1 if last_pts is not None else 0)
-                if start is not None and pts < start:
-                    continue
-                if stop is not None and pts >= stop:
+                raw = frame.pts
+                if floor is not None:
+                    if raw is None or raw < floor:
+                        continue  # decoded from the seek point on, before the keyframe
+                    floor = None
+                if raw is not None and stop is not None and raw >= stop:
                     break
+                while raw is not None and segment.next_pts is not None and raw >= segment.next_pts:
+                    segment, last_pts = next(segments), None
+                if raw is not None and (last_pts is None or raw > last_pts):
+                    pts = raw
+                else:
+                    pts = 0 if last_pts is None else last_pts + 1
                 last_pts = pts
-                while segment.next_pts is not None and pts >= segment.next_pts:
-                    segment = next(segments)
                 if pending is not None:
                     info, rgb = pending
                     yield FrameInfo(info.pts, info.duration, info.segment, info.segment != segment), rgb
                 pending = (FrameInfo(pts, frame.duration or 0, segment), converter.to_rgb(frame))
         except av.error.FFmpegError as exc:
-            raise VideoError(f"{source.path}: cannot decode frame {stats.decoded + 1} ({error_cause(exc)})") from None
+            reached = start if pending is None else pending[0].pts + pending[0].duration
+            raise _stopped(source, container, stream, reached, exc) from None
         if pending is not None:
             info, rgb = pending
             yield FrameInfo(info.pts, info.duration, info.segment, ends_segment=True), rgb
+
+
+def _stopped(source: SourceVideo, container: av.container.InputContainer, stream: VideoStream, reached: int | None,
+             exc: av.error.FFmpegError) -> VideoError:
+    """A decode error named by where the decoded frames reach (a frame number and a time from the video's
+    start, the same in any run and on any worker) against the length the container declares."""
+    start = stream.start_time or 0
+    until = start if reached is None else reached
+    declared = declared_length(container, stream)
+    of = f" of the {declared} its container declares" if declared else ""
+    return VideoError(f"{source.path}: decoding stopped after frame {_frames_before(source, until)} "
+                      f"({float((until - start) * source.time_base):.2f} s){of} ({error_cause(exc)})")
+
+
+def _frames_before(source: SourceVideo, until: int) -> int:
+    """How many of the video's frames are shown before timestamp `until`, counted from its packets."""
+    count = 0
+    with open_input(source.path) as container:
+        try:
+            for packet in container.demux(container.streams[source.stream_index]):
+                if packet.pts is not None and packet.pts < until:
+                    count += 1
+        except av.error.FFmpegError:
+            pass  # a packet the demuxer cannot read: those before it are counted
+    return count
 
 
 def _runs(segments: list[PlannedSegment]) -> list[list[PlannedSegment]]:
@@ -359,12 +480,21 @@ def encode_segments(source: SourceVideo, work: WorkFolder, plan: list[PlannedSeg
 
 
 def open_work(out: Path, key: dict[str, object], resume: bool) -> WorkFolder:
-    """OUT's work folder: what a previous run of the same job left (if `resume`), else emptied."""
+    """OUT's work folder, locked for this run: what a previous run of the same job left (if `resume`), else emptied.
+
+    Raises WorkFolderBusy while another run holds it, OSError where it cannot be made or written.
+    """
     work = WorkFolder(out, key)
-    if resume:
-        work.load()  # empties the folder itself when the job differs
-    else:
-        work.clear()
+    work.claim()
+    try:
+        prepare_folder(work.path, recursive=False)  # proven writable before any frame, under the lock
+        if resume:
+            work.load()  # empties the folder itself when the job differs
+        else:
+            work.clear()
+    except BaseException:
+        work.release()
+        raise
     return work
 
 
@@ -389,7 +519,7 @@ def converter_for(source: SourceVideo, settings: EncodeSettings, scale: int, dev
 
 
 def mux(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, scale: int, out: Path) -> None:
-    """Segments plus every other stream of the source into OUT, renamed into place when complete."""
+    """Segments plus the source's streams OUT keeps (`EncodeSettings.kept`) into OUT, renamed into place when complete."""
     try:
         write_atomically(out, lambda tmp: _mux_into(source, work, settings, scale, tmp, out))
     except av.error.FFmpegError as exc:
@@ -408,29 +538,62 @@ def _mux_into(source: SourceVideo, work: WorkFolder, settings: EncodeSettings, s
                 video.disposition = stream.disposition
                 if source.display_matrix is not None:
                     video.set_display_matrix(source.display_matrix)
-            elif stream.type != "data":
+            elif stream.index not in settings.kept:
+                continue  # check_streams warned before any work
+            elif stream.index in source.covers and settings.container == "matroska":
+                output.add_attachment(*_cover_attachment(source.path, stream))
+            else:
                 copy = output.add_stream_from_template(stream)
                 if stream.codec_context is not None:  # attachments carry their metadata already
                     copy.metadata.update(stream.metadata)
-                    copy.disposition = stream.disposition
+                    cover = Disposition.attached_pic if stream.index in source.covers else Disposition(0)
+                    copy.disposition = stream.disposition | cover
                 copied[stream.index] = copy
         output.start_encoding()
         if video.codec_context.extradata != work.extradata:
             raise VideoError(f"{out}: the {settings.codec} encoder's stream headers differ from the segments'")
         others = container.demux([container.streams[i] for i in copied]) if copied else iter(())
-        for packet in _interleave(_video_packets(work, video), _copied_packets(others, copied)):
+        strict = not output.format.flags & cast(int, av.format.Flags.ts_nonstrict.value)
+        for packet in _interleave(_video_packets(work, video), _copied_packets(others, copied, source.covers, strict)):
             output.mux(packet)
 
 
+def _cover_attachment(path: Path, stream: av.stream.Stream) -> tuple[str, str, bytes]:
+    """Cover art as Matroska keeps it: an attachment with an image MIME type, which its demuxer shows
+    as an attached picture again (name, MIME type, the picture)."""
+    mimetype = COVER_ART["matroska"][stream.codec_context.name]
+    name = stream.metadata.get("filename") or f"cover{mimetypes.guess_extension(mimetype)}"
+    with open_input(path) as container:
+        picture = next(bytes(p) for p in container.demux(container.streams[stream.index]) if p.size)
+    return name, mimetype, picture
+
+
 def _video_packets(work: WorkFolder, stream: VideoStream) -> Iterator[av.Packet]:
+    """The segments' packets, pts and dts strictly increasing across the joins as muxers need them.
+
+    Each segment's own encoder made them so within it. An encoder restarted per segment may repeat
+    a reordering delay's dts: those are bumped past the previous one, as ffmpeg does. Where the
+    segment before reaches past this one's first pts (it repaired repeated source timestamps), or a
+    bump would pass a packet's pts, the whole segment moves on by as many ticks, durations kept.
+    """
+    shift = 0
+    top: int | None = None  # the highest pts so far
     last_dts: int | None = None
     for index in sorted(work.segments):
-        for pts, dts, duration, key, data in _read_packets(work.segment_path(index)):
-            if dts is not None and last_dts is not None and dts <= last_dts:
-                dts = last_dts + 1  # encoders restarted per segment may repeat a reordering delay's dts
-            if pts is not None and dts is not None and dts > pts:
-                dts = pts
-            last_dts = dts if dts is not None else last_dts
+        path = work.segment_path(index)
+        if top is not None:
+            shift = max(shift, top + 1 - work.segments[index].first_pts)
+        if last_dts is not None:
+            shift = _join_shift(path, shift, last_dts)
+        for pts, dts, duration, key, data in _read_packets(path):
+            if pts is not None:
+                pts += shift
+                top = pts if top is None else max(top, pts)
+            if dts is not None:
+                dts += shift
+                if last_dts is not None and dts <= last_dts:
+                    dts = last_dts + 1
+                last_dts = dts
             packet = av.Packet(data)
             packet.pts, packet.dts, packet.duration, packet.is_keyframe = pts, dts, duration, key
             packet.time_base = stream.codec_context.time_base
@@ -438,11 +601,34 @@ def _video_packets(work: WorkFolder, stream: VideoStream) -> Iterator[av.Packet]
             yield packet
 
 
-def _copied_packets(packets: Iterator[av.Packet], streams: dict[int, av.stream.Stream]) -> Iterator[av.Packet]:
+def _join_shift(path: Path, shift: int, last_dts: int) -> int:
+    """The least shift, `shift` or more, that keeps a segment's dts, bumped past `last_dts`, at or below their pts."""
+    for i, (pts, dts, *_) in enumerate(_read_packets(path)):
+        if pts is None or dts is None or dts + shift > last_dts + i:
+            break  # not bumped: the encoder's own dts from here on
+        shift = max(shift, last_dts + 1 + i - pts)
+    return shift
+
+
+def _copied_packets(packets: Iterator[av.Packet], streams: dict[int, av.stream.Stream], covers: frozenset[int],
+                    strict: bool) -> Iterator[av.Packet]:
+    """The kept streams' packets, each stream's dts increasing as OUT's muxer insists (`strict`: no
+    repeats either, but for subtitles): one repeated or going back is bumped past the one before, its
+    pts with it where that fell behind, as ffmpeg does; Matroska, say, stores a repeat as it is."""
+    last: dict[int, int] = {}
     for packet in packets:
-        if packet.dts is None and packet.pts is None:
-            continue  # the demuxer's end-of-stream markers
-        packet.stream = streams[packet.stream_index]
+        index = packet.stream_index
+        if packet.dts is None and packet.pts is None and not (packet.size and index in covers):
+            continue  # the demuxer's end-of-stream markers (a cover's picture has no timestamps either)
+        if packet.dts is not None:
+            if index in last:
+                least = last[index] + (strict and streams[index].type != "subtitle")
+                if packet.dts < least:
+                    if packet.pts is not None and packet.pts >= packet.dts:
+                        packet.pts = max(packet.pts, least)
+                    packet.dts = least
+            last[index] = packet.dts
+        packet.stream = streams[index]
         yield packet
 
 
