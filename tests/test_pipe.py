@@ -169,3 +169,14 @@ def test_raw_input_on_an_empty_stdin_is_a_failure_not_zero_frames(tiny_model: Pa
     result = pipe(b"", "--input", "rgb24", "--size", "16x16", "-m", str(tiny_model))
     assert result.returncode == 1 and result.stdout == b""
     assert result.stderr.decode().strip().endswith("error: stdin: no input (empty stream)")
+
+
+@pytest.mark.parametrize("stdin,args", [
+    (bytes(1000), ["--input", "rgb24", "--size", "20000x20000"]),  # 3.9 GB in 15 s before; 19 GB per output frame
+    (b"YUV4MPEG2 W100000 H100000 F25:1 Ip C444\nFRAME\n" + bytes(1000), []),  # a header's word is as good as --size
+])
+def test_frames_that_cannot_fit_are_refused_before_the_first(stdin: bytes, args: list[str], tiny_model: Path) -> None:
+    result = pipe_here(stdin, *args, "-m", str(tiny_model))
+    assert result.exit_code == 2 and result.stdout_bytes == b""
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: frames of ") and "the frames in flight need" in message and "Traceback" not in message

@@ -271,6 +271,7 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
     except Y4MError as exc:
         raise fail(f"stdin: {exc}", EXIT_FAILED) from None
     engine = open_engine_or_fail(settings)
+    _check_frame_memory(source.bytes_in_flight(engine.scale), source.width, source.height, engine.scale)
     rate = Rate()
     code, message = 0, ""
     with progress("frames", "fps") as bar:
@@ -293,6 +294,18 @@ def _pipe(settings: RunSettings, input_format: PipeFormat, output_format: PipeFo
         return
     print_summary("upscale pipe", [("model", engine.model.source), ("backend", engine.description), ("frames", str(rate.items))],
             rate.elapsed, rate.items, "frames/s", rate.items * source.width * source.height)
+
+
+def _check_frame_memory(needed: int, width: int, height: int, scale: int) -> None:
+    """Refuse, before the first frame, frames whose queues could not fit in this machine's memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return  # no such figure on this platform: the frames will tell
+    if needed > total:
+        raise fail(f"frames of {width}x{height} upscale to {width * scale}x{height * scale}: the frames in flight need "
+                   f"{needed / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB; split the video "
+                   "into tiles with ffmpeg's crop filter, or upscale a smaller size")
 
 
 def _widen_pipe(stream: BinaryIO) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from upscaler.jobs import FrameEngine
 
 RAW_DEPTHS: dict[str, type[np.unsignedinteger]] = {"rgb24": np.uint8, "rgb48": np.uint16}
+QUEUE_DEPTH = 4  # frames each of the pipe's two queues holds (io/stages.py)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class PipeSource:
     height: int
     header: y4m.Y4MHeader | None = None
     raw_dtype: type[np.unsignedinteger] | None = None
+
+    def bytes_in_flight(self, scale: int) -> int:
+        """The most host memory its frames can hold at once: both queues full, one frame read, upscaled, written.
+
+        Frames are whole (a pipe carries no tiles), so this is what bounds the pipe's memory, and it is
+        known from the header before any frame is read.
+        """
+        itemsize = (1 if self.header.layout.bits == 8 else 2) if self.header is not None else np.dtype(self.raw_dtype).itemsize
+        rgb_in = self.width * self.height * 3 * itemsize
+        return (QUEUE_DEPTH + 2) * rgb_in * (1 + scale * scale)
 
 
 def open_source(stdin: BinaryIO, kind: str, size: tuple[int, int] | None) -> PipeSource:
@@ -86,5 +97,5 @@ def run_pipe(engine: FrameEngine, source: PipeSource, stdin: BinaryIO, stdout: B
     if output == "y4m":
         assert header is not None
         stdout.write(header.scaled(scale).encode())
-    Stages[None]().run(frames, engine.stream, write)
+    Stages[None](QUEUE_DEPTH).run(frames, engine.stream, write)
     stdout.flush()
