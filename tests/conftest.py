@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,17 @@ EXAMPLES = ROOT / "upscaler" / "examples"
 DATASETS = Path(os.environ.get("UPSCALER_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def upscale_command(args: list[str | Path] | tuple[str | Path, ...], unprivileged: bool = False) -> list[str]:
+    """`python -m upscaler ARGS`; `unprivileged`: as root without the capabilities that override file modes, so
+    permission faults are real (skipped where setpriv is missing)."""
+    command = [sys.executable, "-m", "upscaler", *map(str, args)]
+    if unprivileged and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be denied")
+        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    return command
 
 
 def dataset(name: str) -> Path:

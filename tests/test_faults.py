@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from upscaler.cli import app
 
-from .conftest import EXAMPLES, ROOT, save_random_model
+from .conftest import EXAMPLES, ROOT, save_random_model, upscale_command
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 FRAMES = 12
@@ -52,19 +52,9 @@ class Run:
         return [line for line in self.err.splitlines() if line.startswith("warning:")]
 
 
-def _command(args: list[str | Path], unprivileged: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "upscaler", *map(str, args)]
-    if unprivileged and os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be denied")
-        # Root without the capabilities that override file permissions: modes are enforced.
-        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
-    return command
-
-
 def upscale(*args: str | Path, stdin: bytes | None = None, unprivileged: bool = False,
             env: dict[str, str] | None = None) -> Run:
-    result = subprocess.run(_command(list(args), unprivileged), input=stdin, capture_output=True, timeout=300,
+    result = subprocess.run(upscale_command(list(args), unprivileged), input=stdin, capture_output=True, timeout=300,
                             env={**os.environ, **(env or {})}, check=False)
     err = result.stderr.decode(errors="surrogateescape")
     assert "Traceback" not in err, err
@@ -164,7 +154,7 @@ def test_1_an_output_that_would_replace_an_input_is_refused(tmp_path: Path, tiny
 
 def test_1_two_processes_writing_one_folder_both_finish(photos: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = _command(["dir", photos, "-o", out, "--model", tiny_model, *FAST])
+    command = upscale_command(["dir", photos, "-o", out, "--model", tiny_model, *FAST])
     both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in both:
         _, err = proc.communicate(timeout=300)
@@ -262,7 +252,7 @@ def test_5_sigkill_leaves_complete_files_and_the_next_run_removes_temporaries(tm
                                                                               tiny_model: Path) -> None:
     source, out = _frames(tmp_path), tmp_path / "out"
     args = ["dir", source, "-o", out, *FAST]
-    proc = subprocess.Popen(_command([*args, "--model", slow_model]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(upscale_command([*args, "--model", slow_model]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(lambda: out.is_dir() and any(out.glob("frame*.png")), "the first output")
     proc.kill()
     proc.wait(timeout=60)
@@ -295,7 +285,7 @@ def test_5_double_ctrl_c_stops_at_once_and_loses_nothing(tmp_path: Path, tiny_mo
     source, out = _frames(tmp_path), tmp_path / "out"
     # Large WebP outputs: encoding lags behind the model, so writes are in flight when Ctrl-C comes.
     args = ["dir", source, "-o", out, "--model", tiny_model, "--scale", "8", "--format", "webp", *FAST]
-    proc = subprocess.Popen(_command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(upscale_command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: out.is_dir() and any(out.glob("frame*.webp")), "the first output")
     proc.send_signal(signal.SIGINT)
     assert proc.stderr is not None
@@ -323,7 +313,7 @@ def test_5_file_and_folder_are_synced_around_the_rename(tmp_path: Path, tiny_mod
     out = tmp_path / "out"
     trace = tmp_path / "trace"
     command = ["strace", "-f", "-qq", "-e", "trace=openat,fsync,renameat,renameat2,rename", "-o", str(trace),
-               *_command(["image", EXAMPLES / "chelsea.png", "-o", out / "c.png", "--model", tiny_model, *FAST])]
+               *upscale_command(["image", EXAMPLES / "chelsea.png", "-o", out / "c.png", "--model", tiny_model, *FAST])]
     result = subprocess.run(command, capture_output=True, timeout=300, check=False)
     if result.returncode != 0 and b"ptrace" in result.stderr:
         pytest.skip("ptrace is not permitted here")
@@ -420,7 +410,7 @@ def test_11_compile_a_text_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["image", "compile"])
 def test_11_ctrl_c_while_torch_loads(command: str, tmp_path: Path, tiny_model: Path) -> None:
     args = {"image": ["image", EXAMPLES / "chelsea.png", "-o", tmp_path / "c.png", *FAST], "compile": ["compile", "-o", tmp_path]}
-    proc = subprocess.Popen(_command([*args[command], "--model", tiny_model]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(upscale_command([*args[command], "--model", tiny_model]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     maps = Path(f"/proc/{proc.pid}/maps")
     _wait_for(lambda: proc.poll() is not None or "libtorch" in maps.read_text(), "torch to be mapped")
@@ -507,7 +497,7 @@ def test_12_dash_is_standard_input_and_output(tmp_path: Path, tiny_model: Path) 
     (tmp_path / "piped.webp").write_bytes(piped.out)
     assert decoded_sizes(tmp_path) == {"file.png": x4("chelsea.png"), "piped.webp": x4("coffee.png")}
     assert Image.open(tmp_path / "file.png").format == "PNG" and Image.open(tmp_path / "piped.webp").format == "WEBP"
-    closed = subprocess.Popen(_command(["image", EXAMPLES / "chelsea.png", "-o", "-", "--model", tiny_model, *FAST]),
+    closed = subprocess.Popen(upscale_command(["image", EXAMPLES / "chelsea.png", "-o", "-", "--model", tiny_model, *FAST]),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert closed.stdout is not None
     closed.stdout.close()  # the reader goes away before the image is written
@@ -568,7 +558,7 @@ def test_12_a_link_planted_in_out_fails_only_its_file(photos: Path, tiny_model: 
 
 def test_12_written_count_after_ctrl_c_matches_the_disk(tmp_path: Path, slow_model: Path) -> None:
     source, out = _frames(tmp_path), tmp_path / "out"
-    command = _command(["dir", source, "-o", out, "--model", slow_model, *FAST])
+    command = upscale_command(["dir", source, "-o", out, "--model", slow_model, *FAST])
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: out.is_dir() and any(out.glob("frame*.png")), "the first output")
     proc.send_signal(signal.SIGINT)

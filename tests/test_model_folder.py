@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,13 @@ from typer.testing import CliRunner
 from upscaler.cli import app
 from upscaler.models.weights import BASELINE_MODEL, BUILTIN_ALIASES, builtin_models
 
+from .conftest import upscale_command
+
 CLEAN = builtin_models()["clean"]
 
 
 def upscale(*args: str | Path, models: Path, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "upscaler", *map(str, args)]
-    if unprivileged and os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be denied")
-        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+    done = subprocess.run(upscale_command(args, unprivileged), capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "UPSCALER_MODELS": str(models), "COLUMNS": "200"})
     assert "Traceback" not in done.stderr and "unexpected" not in done.stderr, done.stderr
     return done

@@ -8,12 +8,9 @@ file at a packet (decode order is then display order); the model is the tiny ran
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from upscaler.cli import app
+
+from .conftest import upscale_command
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 PATTERN = ["-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25"]
@@ -44,18 +43,9 @@ def ffmpeg(*args: str | Path) -> None:
     subprocess.run([FFMPEG, "-y", "-loglevel", "error", *map(str, args)], check=True)
 
 
-def _command(args: tuple[str | Path, ...], unprivileged: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "upscaler", *map(str, args)]
-    if unprivileged and os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be denied")
-        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
-    return command
-
-
 def upscale(*args: str | Path, unprivileged: bool = False) -> Run:
     """The real command in a process of its own."""
-    result = subprocess.run(_command(args, unprivileged), capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(upscale_command(args, unprivileged), capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     return Run(result.returncode, result.stderr)
 
@@ -255,7 +245,7 @@ def test_a_second_run_on_the_same_out_fails_clearly_and_leaves_the_first_alone(t
     ffmpeg(*PATTERN, "-frames:v", "150", *X264, clip)
     out = tmp_path / "out.mkv"
     work = work_folder(out)
-    first = subprocess.Popen(_command(("video", clip, "-o", out, "--device", "cpu", "-m", tiny_model,
+    first = subprocess.Popen(upscale_command(("video", clip, "-o", out, "--device", "cpu", "-m", tiny_model,
                                        "--segment-seconds", "0.2")), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
