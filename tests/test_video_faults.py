@@ -262,3 +262,18 @@ def test_a_second_run_on_the_same_out_fails_clearly_and_leaves_the_first_alone(t
                              "wait for it to finish, or choose another -o")]
     assert first.returncode == 0, err
     assert frame_count(out) == 150 and not work.exists()
+
+
+def test_an_interlaced_source_is_upscaled_with_one_warning_saying_so(tmp_path: Path, tiny_model: Path) -> None:
+    """Issue 20 item 10's sibling: a video flagged interlaced was upscaled as progressive without a word."""
+    woven, plain = tmp_path / "woven.mkv", tmp_path / "plain.mkv"
+    ffmpeg(*PATTERN, "-frames:v", "4", "-vf", "setfield=tff", "-c:v", "libx264", "-flags", "+ildct+ilme", "-pix_fmt",
+           "yuv420p", woven)
+    ffmpeg(*PATTERN, "-frames:v", "4", *X264, plain)
+    run = video_in_process(woven, tmp_path / "a.mkv", tiny_model)
+    message = " ".join(run.err.split())
+    assert run.code == 0 and message.count("warning:") == 1
+    assert f"warning: {woven}: the video is interlaced" in message and "-vf bwdif" in message
+    assert frame_count(tmp_path / "a.mkv") == 4
+    quiet = video_in_process(plain, tmp_path / "b.mkv", tiny_model)
+    assert quiet.code == 0 and "warning:" not in quiet.err

@@ -53,6 +53,7 @@ class SourceVideo:
     sample_aspect_ratio: Fraction | None
     metadata: dict[str, str] = field(default_factory=dict)
     covers: frozenset[int] = frozenset()  # cover art beside the video: copied as cover art, never upscaled
+    interlaced: bool = False  # its first frame holds two fields: the model sees them woven into one picture
 
     @property
     def bits(self) -> int:
@@ -200,7 +201,7 @@ def probe(path: Path) -> SourceVideo:
         side_data = [] if ctx.name in _IMAGE_CODECS else _side_data(first)
         return SourceVideo(path, stream.index, first.width, first.height, first.format.name, time_base, rate,
                            estimate, tags, _display_matrix(side_data), _hdr_from_frame(side_data),
-                           stream.sample_aspect_ratio, keep, covers)
+                           stream.sample_aspect_ratio, keep, covers, bool(first.interlaced_frame))
 
 
 # --- how long the source says it is ---------------------------------------------------------------
@@ -479,10 +480,14 @@ def _left_out(stream: av.stream.Stream, cover: bool, container: str) -> str | No
 def choose_encoding(source: SourceVideo, out: Path, scale: int, cuda: bool, codec: str, crf: int | None,
                     preset: str | None, pix_fmt: str | None) -> tuple[EncodeSettings, list[str]]:
     """The encoder for OUT as asked (auto: the best one available), checked against the source and
-    OUT's container before any frame is decoded; with warnings for streams OUT will not carry."""
+    OUT's container before any frame is decoded; with warnings for streams OUT will not carry and for
+    an interlaced source (upscaled as it is, woven fields and all: a deinterlacer's choice is the user's)."""
     name = choose_codec(codec, source.bits, cuda)
     settings = encode_settings(name, crf, preset, pix_fmt or default_pix_fmt(source.pix_fmt, name), source.hdr, out)
     check_size(name, settings.pix_fmt, source, scale)
     settings.check(source, source.width * scale, source.height * scale)
     kept, warnings = check_streams(source, settings.container)
+    if source.interlaced:
+        warnings.append(f"{source.path}: the video is interlaced; its two fields are upscaled woven into one picture, "
+                        "so moving edges comb; deinterlace it first for clean motion (ffmpeg -i IN -vf bwdif -c:a copy OUT)")
     return replace(settings, kept=kept), warnings
