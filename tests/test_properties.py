@@ -58,7 +58,7 @@ def test_even_grid_covers_every_pixel_within_its_budget(height: int, width: int,
     _assert_covers(grid, height, width)
     assert grid.tile_h * grid.tile_w <= budget
     for starts, tile in ((grid.ys, grid.tile_h), (grid.xs, grid.tile_w)):  # neighbours share at least the overlap
-        assert all(a + tile - b >= overlap for a, b in zip(starts, starts[1:]))
+        assert all(a + tile - b >= overlap for a, b in itertools.pairwise(starts))
         assert all(s % multiple == 0 for s in starts)
 
 
