@@ -57,8 +57,8 @@ def main() -> None:
 
 
 def _exit_without_finalising(code: int) -> None:
-    """Exit as the interpreter would, less the tearing down of torch's modules: 0.4-0.5 s of every command's wall
-    time here (benchmarks/startup.py), more than the model's work on a small image.
+    """Exit as the interpreter would, less the tearing down of torch's modules: 0.57 s of `upscale image`'s wall
+    time here (benchmarks/RESULTS.md, "Start-up"), more than the model's work on a small image.
 
     What finalisation does that matters runs first, in its order: threads are joined (thread pools
     drained), then atexit handlers (logging's flush among them). Every output is closed, synced and

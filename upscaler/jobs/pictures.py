@@ -67,8 +67,8 @@ class JobRunner:
                  max_bytes: int = DEFAULT_LOOKAHEAD_BYTES, depth: int = 0) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
-        self.jobs, self.launch, self.lookahead, self.max_bytes, self.depth = jobs, launch, lookahead, max_bytes, depth
-        self.pending = iter(jobs)
+        self.launch, self.lookahead, self.max_bytes, self.depth = launch, lookahead, max_bytes, depth
+        self.pending = iter(jobs)  # shared by prefetch and the iteration: each job is read once
         self.readers = ThreadPoolExecutor(workers, thread_name_prefix="read", initializer=yield_to_the_model)
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="write", initializer=yield_to_the_model)
         self.reads: deque[tuple[Job, Future[Picture]]] = deque()
