@@ -29,6 +29,8 @@ def test_commands_that_run_no_model_import_no_torch(args: list[str], tmp_path: P
     assert "upscaler.cli.app" in modules  # the measurement itself works
     assert "torch" not in modules, args
     assert "numpy" not in modules or args == ["dir"], args  # parsing and --help load no codec either (io/formats.py)
+    if "--help" in args or args == ["--version"]:
+        assert "pydantic" not in modules, args  # typer builds its first coercion adapter lazily (cli/app.py)
     assert done.returncode in (0, 2), done.stderr[-2000:]
 
 
@@ -47,3 +49,19 @@ def test_root_help_lists_each_command_with_its_own_first_help_line() -> None:
         __import__(f"upscaler.cli.{module}")
         command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
         assert (command.help or "").splitlines()[0].strip() == summary, name
+
+
+def test_every_help_text_survives_rich_markup() -> None:
+    """`[default: ...]` in a help text is a Rich tag unless escaped: the help then reads "Pixel loss ."."""
+    import importlib
+
+    import typer
+    from rich.markup import render
+
+    from upscaler.cli.app import app
+
+    for module in {module for module, _ in COMMANDS.values()}:
+        importlib.import_module(f"upscaler.cli.{module}")
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        for part, text in [("help", command.help), *((param.name, getattr(param, "help", None)) for param in command.params)]:
+            assert render(text or "").plain == (text or "").replace("\\[", "["), (name, part, text)

@@ -28,7 +28,7 @@ def compile_engine(
     precision: Annotated[str, typer.Option(help="auto, fp16 or fp32: stored in the ONNX graph itself (TensorRT 11 is strongly typed); auto is fp16, or an ONNX model's own.")] = "auto",
     layout: Annotated[str, typer.Option(help="uint8 I/O layout: nhwc or nchw.")] = "nhwc",
     out: Annotated[Path | None, typer.Option("--out", "-o", show_default=False,
-                                             help=f"Engine cache folder [default: {ENGINES_HELP}].")] = None,
+                                             help=f"Engine cache folder \\[default: {ENGINES_HELP}].")] = None,
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 4096,
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
     device: DeviceOption = "auto",

@@ -57,7 +57,7 @@ SkipOption = Annotated[bool, typer.Option("--skip-existing", help="Leave complet
 ClusterOption = Annotated[str | None, typer.Option(
     "--cluster", metavar="ADDRESS",
     help="Run on Ray: local (start it on this machine), auto (join this machine's cluster) or ray://HOST:PORT. "
-         "Input, output and model must be paths every worker sees (a shared filesystem). Needs this project's cluster extra (pip install -e '.[cluster]').")]
+         "Input, output and model must be paths every worker sees (a shared filesystem). Needs this project's cluster extra (pip install -e '.\\[cluster]').")]
 
 _P = inspect.Parameter
 _RUN_PARAMETERS = [
