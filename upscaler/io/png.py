@@ -49,14 +49,15 @@ def write_png(path: Path | BinaryIO, color: np.ndarray, alpha: np.ndarray | None
         if exif:
             out.write(chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
         previous = np.zeros(row_bytes, np.uint8)
+        buffer = np.empty((min(strip, height), row_bytes + 1), np.uint8)  # reused: no strip-sized allocation per strip
+        buffer[:, 0] = 2  # Up: each byte minus the byte above it
         for top in range(0, height, strip):
             rows = _row_bytes(color[top : top + strip], None if alpha is None else alpha[top : top + strip], bits)
-            filtered = np.empty((rows.shape[0], row_bytes + 1), np.uint8)
-            filtered[:, 0] = 2  # Up: each byte minus the byte above it
-            filtered[0, 1:] = rows[0] - previous
-            filtered[1:, 1:] = rows[1:] - rows[:-1]
+            filtered = buffer[: rows.shape[0]]
+            np.subtract(rows[0], previous, out=filtered[0, 1:])
+            np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
             previous = rows[-1].copy()
-            data = compressor.compress(filtered.tobytes())
+            data = compressor.compress(filtered)
             if data:
                 out.write(chunk(b"IDAT", data))
         out.write(chunk(b"IDAT", compressor.flush()))
