@@ -74,7 +74,7 @@ def _absent_help_is_false(option: TyperOption | None) -> TyperOption | None:
     """A --help that reads False (not None) when absent.
 
     typer 0.29 coerces a None flag through a pydantic adapter, and building the first one imports
-    pydantic: 0.17 s of `upscale dir --help`'s 0.36 s (cProfile), and most of `upscale models`.
+    pydantic: 0.17 s of `upscale dir --help`'s 0.36 s (cProfile).
     """
     if option is not None:
         option.default = False
