@@ -98,7 +98,7 @@ def _readline(stream: BinaryIO) -> bytes:
 
 
 def read_header(stream: BinaryIO) -> Y4MHeader:
-    first = stream.read(len(MAGIC))
+    first = read_exactly(stream, len(MAGIC))  # a raw pipe may hand out fewer bytes than asked
     if not first:
         raise Y4MError("no input (empty stream)")
     if first != MAGIC:
@@ -134,7 +134,7 @@ def read_frames(stream: BinaryIO, header: Y4MHeader) -> Iterator[av.VideoFrame]:
     layout, size = header.layout, header.frame_bytes
     index = 0
     while True:
-        marker = stream.read(5)
+        marker = read_exactly(stream, 5)
         if not marker:
             return
         if marker != b"FRAME":
