@@ -125,6 +125,23 @@ def test_an_mkv_cut_mid_cluster_or_one_that_overstates_its_length_fails_the_same
         assert not out.exists() and not work_folder(out).exists()
 
 
+@pytest.mark.parametrize(("suffix", "codec", "declared"), [("avi", "mpeg4", "2.00 s (50 frames)"), ("mxf", "mpeg2video", "2.00 s")])
+def test_an_avi_or_mxf_cut_in_half_fails_and_the_whole_file_does_not(suffix: str, codec: str, declared: str,
+                                                                       tmp_path: Path, tiny_model: Path) -> None:
+    """AVI states a frame count (FFmpeg recomputes the duration from what it finds), MXF a track duration."""
+    whole, cut = tmp_path / f"whole.{suffix}", tmp_path / f"cut.{suffix}"
+    ffmpeg(*PATTERN, "-frames:v", "50", "-c:v", codec, "-pix_fmt", "yuv420p", whole)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert video_in_process(whole, tmp_path / "whole.mkv", tiny_model).code == 0
+    out = tmp_path / "cut.mkv"
+    run = video_in_process(cut, out, tiny_model)
+    assert run.code == 1, run.err
+    assert len(run.errors) == 1, run.err
+    assert re.fullmatch(rf"error: {re.escape(str(cut))}: ends after frame \d+ \(\d\.\d\d s\) but its container "
+                        rf"declares {re.escape(declared)}: cut short, or a header that overstates its length", run.errors[0])
+    assert not out.exists() and not work_folder(out).exists()
+
+
 def test_an_edit_list_that_ends_before_the_last_samples_is_not_a_cut(clips: Path, tmp_path: Path, tiny_model: Path) -> None:
     """The sample table holds 50 frames; the edit list shows the first second: 25 frames, a complete file."""
     data = bytearray((clips / "faststart.mp4").read_bytes())

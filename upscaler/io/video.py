@@ -208,7 +208,9 @@ def probe(path: Path) -> SourceVideo:
 
 # Containers whose header states how long each stream is. Elsewhere FFmpeg estimates a length (from
 # the bit rate, from the last timestamps), which says nothing about whether a file is whole.
-_STATED_LENGTH = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+# Formats whose header states the video's length. MPEG-TS states none (FFmpeg guesses one from the
+# bit rate), so a cut transport stream ends where it ends.
+_STATED_LENGTH = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mxf", "avi"})
 # How far short of the stated end a whole file may stop: an audio encoder's padding, an edit list
 # that ends between two frames, a tag rounded to the millisecond.
 _LENGTH_SLACK_S = 0.5
@@ -231,11 +233,15 @@ class Declared:
 
 
 def declared_length(container: av.container.InputContainer, stream: VideoStream) -> Declared | None:
-    """What the header says: MP4's track duration, Matroska's DURATION tag, else the container's duration."""
+    """What the header says: MP4's and MXF's track duration, Matroska's DURATION tag, AVI's frame
+    count, else the container's duration."""
     if container.format.name not in _STATED_LENGTH:
         return None
     time_base = stream.time_base or Fraction(1, 1000)
     start = float((stream.start_time or 0) * time_base)
+    if container.format.name == "avi":  # FFmpeg sets the duration from the index it finds; the header's count stays
+        rate = stream.average_rate
+        return Declared(start, start + stream.frames / float(rate), stream.frames, whole=False) if stream.frames and rate else None
     if stream.duration:
         return Declared(start, start + float(stream.duration * time_base), stream.frames, whole=False)
     tagged = _tagged_duration(stream.metadata)
