@@ -120,3 +120,20 @@ def _video_frames(path: Path) -> list[bytes]:
 
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="yuv444p").tobytes() for f in container.decode(video=0)]
+
+
+def test_the_video_job_key_names_the_chosen_video_stream(tmp_path: Path) -> None:
+    """Two video streams in one file are two jobs: segments of one are never resumed into the other."""
+    import dataclasses
+
+    from upscaler.io.video import EncodeSettings, probe
+    from upscaler.jobs.video import job_key
+
+    clip = tmp_path / "clip.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x16:rate=5", "-frames:v", "2", "-c:v", "ffv1", clip)
+    source = probe(clip)
+    encoding = EncodeSettings("libx264", "yuv420p", {}, "matroska", global_header=True)
+    key = job_key(source, encoding, {"model": "m"}, 1.0)
+    assert key["stream"] == source.stream_index == 0
+    assert job_key(dataclasses.replace(source, stream_index=1), encoding, {"model": "m"}, 1.0) != key
+    assert job_key(probe(clip), encoding, {"model": "m"}, 1.0) == key  # and the same stream the same key

@@ -189,7 +189,7 @@ def _encode(engine: Engine, pool: SegmentPool | None, info: SourceVideo, plan: l
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     try:
-        work = open_work(out, job_key(info.path, encoding, identity, segment_seconds), resume)
+        work = open_work(out, job_key(info, encoding, identity, segment_seconds), resume)
     except WorkFolderBusy as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except OSError as exc:

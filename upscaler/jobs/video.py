@@ -242,14 +242,16 @@ def _segment_name(index: int) -> str:
     return f"segment-{index:05d}.packets"
 
 
-def job_key(source: Path, settings: EncodeSettings, engine_identity: dict[str, object], segment_s: float) -> dict[str, object]:
-    """What must match for a previous run's segments to be reused: the same source, engine identity and encoder.
+def job_key(source: SourceVideo, settings: EncodeSettings, engine_identity: dict[str, object], segment_s: float) -> dict[str, object]:
+    """What must match for a previous run's segments to be reused: the same source and video stream
+    in it, engine identity and encoder.
 
     `engine_identity` is `Engine.identity` for the source's frame size: every setting that changes a
     pixel, and none that does not (streams, CUDA graphs), so a resume never splices frames made two ways.
     """
-    stat = source.stat()
-    return {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    stat = source.path.stat()
+    return {"source": str(source.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "stream": source.stream_index,
             "engine": engine_identity, "codec": settings.codec, "pix_fmt": settings.pix_fmt, "options": settings.options,
             "container": settings.container, "segment_s": segment_s}
 
