@@ -189,3 +189,15 @@ def test_read_exactly_gathers_short_reads_and_stops_at_the_end() -> None:
     assert read_exactly(Trickle(b"abcdefghij", step=3), 8) == b"abcdefgh"  # type: ignore[arg-type]
     assert read_exactly(Trickle(b"abc", step=2), 8) == b"abc"  # type: ignore[arg-type]
     assert read_exactly(io.BytesIO(b"abc"), 0) == b""
+
+
+def test_the_smallest_legal_header_is_one_pixel_at_one_frame_per_second() -> None:
+    header = header_of("YUV4MPEG2 W1 H1 F1:1 C444\n")
+    assert (header.width, header.height, header.rate, header.frame_bytes) == (1, 1, Fraction(1), 3)
+    with pytest.raises(Y4MError, match=r"bad size or rate \(8x0, 25:1\)"):
+        header_of("YUV4MPEG2 W8 H0\n")
+
+
+def test_a_tag_with_bytes_that_are_not_ascii_is_kept_not_a_crash() -> None:
+    header = read_header(io.BytesIO(MAGIC + b" W4 H2 XNAME=caf\xc3\xa9\n"))
+    assert (header.width, header.extras) == (4, ("XNAME=caf\ufffd\ufffd",))
