@@ -8,18 +8,24 @@ processes there, so what a worker does is pinned here, where a broken line shows
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from upscaler.cluster.ray_runner import (
+    MAX_TASK_RETRIES,
     RAY_MISSING,
     ActorSpec,
     ClusterError,
     PictureWorker,
     WorkerInfo,
+    WorkerLost,
+    WorkerPool,
     _absolute,
     check_address,
     import_ray,
@@ -29,7 +35,7 @@ from upscaler.cluster.ray_runner import (
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
 
-from .conftest import EXAMPLES, assert_complete_images, numbered_copies
+from .conftest import EXAMPLES, ROOT, assert_complete_images, numbered_copies
 
 FAST = {"tile": 64, "overlap": 8, "device": "cpu"}
 
@@ -150,3 +156,80 @@ def test_stop_mid_chunk_finishes_the_files_begun_and_starts_no_other(tmp_path: P
     assert sorted(os.listdir(out)) == [job.target.name for job in jobs[: len(outcomes)]]  # no temporaries either
     assert_complete_images([o.job.target for o in outcomes])
     assert worker.run(jobs[len(outcomes):]) == []  # and a stopped worker stays stopped
+
+
+# -- the pool, on a real local Ray, with actors that say which process did a unit ----------------
+
+
+class Doubler:
+    """A worker for the pool: `run` doubles a number in this actor's process; -1 kills the process."""
+
+    def run(self, unit: int) -> tuple[int, int]:
+        if unit == -1:
+            os._exit(1)
+        return unit * 2, os.getpid()
+
+    def describe(self) -> WorkerInfo:
+        return WorkerInfo("doubler", str(os.getpid()))
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def ray() -> Iterator[ModuleType]:
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}})
+    yield ray
+    ray.shutdown()
+
+
+def _doublers(ray: ModuleType, count: int, restarts: int) -> list[object]:
+    remote = ray.remote(max_concurrency=2)(Doubler)
+    return [remote.options(num_cpus=0.1, max_restarts=restarts, max_task_retries=MAX_TASK_RETRIES).remote()
+            for _ in range(count)]
+
+
+def test_the_pool_gives_every_actor_one_unit_at_a_time_and_returns_each_unit_once(ray: ModuleType) -> None:
+    pool: WorkerPool[int] = WorkerPool(ray, _doublers(ray, 2, restarts=0), "run")
+    seen = []
+    for unit, (doubled, _pid) in pool.map(range(8)):
+        assert len(pool.in_flight) <= len(pool.actors) == 2  # never a unit queued behind another on one actor
+        seen.append((unit, doubled))
+    assert sorted(seen) == [(u, 2 * u) for u in range(8)]
+    pids = {pid for _, (_, pid) in pool.map(range(8))}
+    assert len(pids) == 2, pids  # both actors work
+    pool.close()
+    assert pool.actors == {}
+
+
+def test_a_unit_that_kills_its_worker_is_given_up_and_the_restarted_worker_goes_on(ray: ModuleType) -> None:
+    pool: WorkerPool[int] = WorkerPool(ray, _doublers(ray, 1, restarts=4), "run")
+    results = dict(pool.map([1, -1, 2, 3]))
+    lost = results.pop(-1)
+    assert isinstance(lost, WorkerLost)
+    assert re.fullmatch(r"its Ray worker died 2 times on it \(\w+\); given up", lost.message), lost.message
+    assert {u: r[0] for u, r in results.items()} == {1: 2, 2: 4, 3: 6}
+    assert len(pool.actors) == 1 and not pool.probing and not pool.in_flight
+    pool.close()
+
+
+def test_a_worker_that_cannot_restart_leaves_the_pool_and_its_units_go_to_the_others(ray: ModuleType) -> None:
+    pool: WorkerPool[int] = WorkerPool(ray, _doublers(ray, 2, restarts=0), "run")
+    results = list(pool.map([-1, 5, 6, 7]))
+    assert sorted(u for u, _ in results) == [-1, 5, 6, 7]
+    assert isinstance(dict(results)[-1], WorkerLost)
+    assert {u: r[0] for u, r in results if u != -1} == {5: 10, 6: 12, 7: 14}
+    assert len(pool.actors) == 1 and not pool.probing
+    assert [u for u, _ in pool.map([8])] == [8]  # the survivor takes new work
+    pool.close()
+
+
+def test_units_left_when_no_worker_is_left_come_back_lost(ray: ModuleType) -> None:
+    pool: WorkerPool[int] = WorkerPool(ray, _doublers(ray, 1, restarts=0), "run")
+    results = list(pool.map([-1, 1, 2]))
+    assert results[0][0] == -1 and isinstance(results[0][1], WorkerLost)
+    assert [(u, r) for u, r in results[1:]] == [(1, WorkerLost("no Ray worker left to take it")),
+                                                (2, WorkerLost("no Ray worker left to take it"))]
+    assert pool.actors == {}
