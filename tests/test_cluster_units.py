@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -233,3 +234,33 @@ def test_units_left_when_no_worker_is_left_come_back_lost(ray: ModuleType) -> No
     assert [(u, r) for u, r in results[1:]] == [(1, WorkerLost("no Ray worker left to take it")),
                                                 (2, WorkerLost("no Ray worker left to take it"))]
     assert pool.actors == {}
+
+
+class Waiter:
+    """A worker whose units (but 0) run until it is told to stop, as a long file would."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def run(self, unit: int) -> tuple[str, int]:
+        if unit and not self.stopping.wait(timeout=20):
+            return "ran to the end", unit
+        return ("stopped" if unit else "done"), unit
+
+    def describe(self) -> WorkerInfo:
+        return WorkerInfo("waiter")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def test_drain_stops_every_busy_worker_and_collects_all_they_finish(ray: ModuleType) -> None:
+    remote = ray.remote(max_concurrency=2)(Waiter)
+    actors = [remote.options(num_cpus=0.1).remote() for _ in range(3)]
+    pool: WorkerPool[int] = WorkerPool(ray, actors, "run")
+    results = pool.map([0, 1, 2, 3])
+    assert next(results) == (0, ("done", 0))  # units 1 and 2 run; 3 waits for the first free worker
+    assert sorted(pool.drain()) == [(1, ("stopped", 1)), (2, ("stopped", 2))]  # and never starts
+    assert not pool.in_flight and not pool.pending
+    assert list(results) == []
+    pool.close()
