@@ -116,13 +116,17 @@ def test_an_mkv_cut_mid_cluster_or_one_that_overstates_its_length_fails_the_same
     assert whole.count(b"00:00:02.000000000") == 1  # the video's DURATION tag (the audio's counts its priming)
     lying.write_bytes(whole.replace(b"00:00:02.000000000", b"00:00:09.000000000"))
     for source, declared in ((cut, "2.00 s"), (lying, "9.00 s")):
-        out = tmp_path / f"{source.stem}-out.mkv"
-        run = video_in_process(source, out, tiny_model)
-        assert run.code == 1, run.err
-        assert len(run.errors) == 1, run.err
-        assert re.fullmatch(rf"error: {re.escape(str(source))}: ends after frame \d+ \(\d\.\d\d s\) but its container "
-                            rf"declares {declared}: cut short, or a header that overstates its length", run.errors[0])
-        assert not out.exists() and not work_folder(out).exists()
+        assert_refused_as_cut(source, declared, tmp_path / f"{source.stem}-out.mkv", tiny_model)
+
+
+def assert_refused_as_cut(source: Path, declared: str, out: Path, model: Path) -> None:
+    """One line naming where the video ends and what its container declares, exit 1, nothing written."""
+    run = video_in_process(source, out, model)
+    assert run.code == 1, run.err
+    assert len(run.errors) == 1, run.err
+    assert re.fullmatch(rf"error: {re.escape(str(source))}: ends after frame \d+ \(\d\.\d\d s\) but its container "
+                        rf"declares {re.escape(declared)}: cut short, or a header that overstates its length", run.errors[0])
+    assert not out.exists() and not work_folder(out).exists()
 
 
 @pytest.mark.parametrize(("suffix", "codec", "declared"), [("avi", "mpeg4", "2.00 s (50 frames)"), ("mxf", "mpeg2video", "2.00 s")])
@@ -133,13 +137,7 @@ def test_an_avi_or_mxf_cut_in_half_fails_and_the_whole_file_does_not(suffix: str
     ffmpeg(*PATTERN, "-frames:v", "50", "-c:v", codec, "-pix_fmt", "yuv420p", whole)
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     assert video_in_process(whole, tmp_path / "whole.mkv", tiny_model).code == 0
-    out = tmp_path / "cut.mkv"
-    run = video_in_process(cut, out, tiny_model)
-    assert run.code == 1, run.err
-    assert len(run.errors) == 1, run.err
-    assert re.fullmatch(rf"error: {re.escape(str(cut))}: ends after frame \d+ \(\d\.\d\d s\) but its container "
-                        rf"declares {re.escape(declared)}: cut short, or a header that overstates its length", run.errors[0])
-    assert not out.exists() and not work_folder(out).exists()
+    assert_refused_as_cut(cut, declared, tmp_path / "cut.mkv", tiny_model)
 
 
 def test_an_edit_list_that_ends_before_the_last_samples_is_not_a_cut(clips: Path, tmp_path: Path, tiny_model: Path) -> None:

@@ -80,6 +80,7 @@ def test_a_repeated_tag_keeps_the_first_value_and_the_repeat_as_an_extra() -> No
     (MAGIC + b" W8 H8 Cmono\n", "y4m chroma Cmono is not supported (4:2:0, 4:2:2, 4:4:4 at 8, 10, 12 or 16 bits are)"),
     (MAGIC + b" W0 H8\n", "y4m header has a bad size or rate (0x8, 25:1)"),
     (MAGIC + b" W8 H-2\n", "y4m header has a bad size or rate (8x-2, 25:1)"),
+    (MAGIC + b" W8 H0\n", "y4m header has a bad size or rate (8x0, 25:1)"),
     (MAGIC + b" W8 H8 F25:0\n", "y4m header has a bad size or rate (8x8, 25:0)"),
     (MAGIC + b" W8 H8 F0:1\n", "y4m header has a bad size or rate (8x8, 0:1)"),
     (MAGIC + b" W8 H8 It\n", "y4m is interlaced (It: top field first); deinterlace it first, e.g. ffmpeg -i IN -vf bwdif -f yuv4mpegpipe -"),
@@ -194,8 +195,6 @@ def test_read_exactly_gathers_short_reads_and_stops_at_the_end() -> None:
 def test_the_smallest_legal_header_is_one_pixel_at_one_frame_per_second() -> None:
     header = header_of("YUV4MPEG2 W1 H1 F1:1 C444\n")
     assert (header.width, header.height, header.rate, header.frame_bytes) == (1, 1, Fraction(1), 3)
-    with pytest.raises(Y4MError, match=r"bad size or rate \(8x0, 25:1\)"):
-        header_of("YUV4MPEG2 W8 H0\n")
 
 
 def test_a_tag_with_bytes_that_are_not_ascii_is_kept_not_a_crash() -> None:
