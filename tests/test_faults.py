@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from upscaler.cli import app
+from upscaler.cli.app import Interrupts
 
 from .conftest import EXAMPLES, ROOT, save_random_model, upscale_command
 
@@ -269,6 +270,23 @@ def test_5_sigkill_leaves_complete_files_and_the_next_run_removes_temporaries(tm
     assert temporaries(out) == [live]
     live.unlink()
     assert decoded_sizes(out) == {f"frame{i:02d}.png": x4("astronaut.png") for i in range(FRAMES)}
+
+
+def test_a_batch_counts_the_first_ctrl_c_raises_it_only_if_asked_and_puts_the_handler_back() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with Interrupts() as interrupts:
+        assert signal.getsignal(signal.SIGINT) is not before
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while not interrupts.count and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs between these steps, and returns
+        assert interrupts.count == 1
+    assert signal.getsignal(signal.SIGINT) is before
+    with Interrupts(raises=True) as interrupts, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert interrupts.count == 1
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def decoded_sizes_allowing_temporaries(out: Path) -> dict[str, tuple[int, int]]:

@@ -7,11 +7,15 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -147,6 +151,49 @@ class ClosedStdout(OSError):
 
     def __init__(self) -> None:
         super().__init__(errno.EBADF, "standard output is closed")
+
+
+class Interrupts:
+    """Ctrl-C during a batch: the first is acknowledged and counted, the next exits at once.
+
+    Raised as KeyboardInterrupt, a Ctrl-C can land anywhere: between taking a finished write off
+    the queue and reporting it (a file on disk that the summary does not count), or inside a thread
+    pool's condition wait, where it comes out as "RuntimeError: cannot release un-acquired lock"
+    and is reported as a failed file (both seen in CI). So by default the first one only counts,
+    and the caller stops between outcomes; `raises` keeps KeyboardInterrupt for waits that only an
+    exception ends (Ray's). The second exits from the handler: writes it abandons stay under
+    temporary names, which the next run into the folder removes.
+    """
+
+    def __init__(self, raises: bool = False) -> None:
+        self.raises, self.count = raises, 0
+        self._previous: signal.Handlers | Callable[[int, FrameType | None], object] | int | None = None
+
+    def __enter__(self) -> Interrupts:  # noqa: PYI034 (typing.Self needs 3.11; never subclassed)
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _interrupted(self, _signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            console.print("interrupted: finishing the images being written (Ctrl-C again to stop at once)", highlight=False)
+            if self.raises:
+                raise KeyboardInterrupt
+            return
+        if console.is_terminal:
+            console.show_cursor(True)  # the progress bar hid it
+        error("interrupted")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_INTERRUPTED)
 
 
 def run(args: list[str]) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, app, console, error, fail, warn
+from upscaler.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, Interrupts, app, error, fail, warn
 from upscaler.cli.options import (
     ClusterOption,
     FormatOption,
@@ -100,12 +100,11 @@ def _open_or_cancel(settings: RunSettings, runner: JobRunner) -> Engine:
 def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: int, model: str, backend: str,
                   as_json: bool) -> None:
     from upscaler import PROCESS_STARTED
-    from upscaler.jobs.pictures import Summary
+    from upscaler.jobs.pictures import JobRunner, Summary
 
     summary = Summary(skipped=skipped)
     rate = Rate()
-    interrupted = False
-    with progress("images", "img/s") as bar:
+    with Interrupts(raises=not isinstance(runner, JobRunner)) as interrupts, progress("images", "img/s") as bar:
         task = bar.add_task("upscale", total=len(jobs), rate=0.0)
 
         def report(outcome: Outcome) -> None:
@@ -114,14 +113,18 @@ def _report_batch(jobs: list[Job], runner: JobRunner | ClusterRunner, skipped: i
                 error(f"{outcome.job.source}: {outcome.error}")
             bar.update(task, advance=1, rate=rate.tick())
 
+        outcomes = iter(runner)
         try:
-            for outcome in runner:
+            for outcome in outcomes:
                 report(outcome)
+                if interrupts.count:
+                    break
         except KeyboardInterrupt:
-            interrupted = True
-            console.print("interrupted: finishing the images being written (Ctrl-C again to stop at once)", highlight=False)
+            pass  # a cluster's Ctrl-C, acknowledged by `interrupts`
+        outcomes.close()  # type: ignore[attr-defined]  # both runners iterate as generators
         for outcome in runner.drain():
             report(outcome)
+    interrupted = interrupts.count > 0
     summary.seconds, summary.startup_seconds = rate.elapsed, rate.started - PROCESS_STARTED
     _print_summary(summary, model, backend, as_json)
     if interrupted:
