@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from upscaler.models.weights import load_model
 from upscaler.quality.evaluate import dataset_pairs
 from upscaler.train.data import PatchSampler, degrade
 from upscaler.train.distributed import World
+from upscaler.train.run import metrics_logger
 from upscaler.train.trainer import TrainConfig, Trainer, lr_factor
 
 from .conftest import EXAMPLES, dataset
@@ -90,6 +92,33 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     other.patch = 64
     with pytest.raises(ValueError, match="different settings.*patch"):
         Trainer(other, tmp_path / "r", torch.device("cpu")).resume()
+
+
+def test_resume_takes_the_same_data_folder_by_another_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "r").mkdir()
+    Trainer(_config(3), tmp_path / "r", torch.device("cpu")).run(lambda _: None)  # named absolutely
+    monkeypatch.chdir(EXAMPLES.parent)
+    relative = _config(3)
+    relative.data = f"./{EXAMPLES.name}/"
+    resumed = Trainer(relative, tmp_path / "r", torch.device("cpu"))
+    resumed.resume()
+    assert resumed.step == 3
+    elsewhere = _config(3)
+    (tmp_path / "other").mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", tmp_path / "other")
+    elsewhere.data = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"different settings \(data\)"):
+        Trainer(elsewhere, tmp_path / "r", torch.device("cpu")).resume()
+
+
+def test_a_resumed_run_keeps_one_history_of_metrics(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": step, "loss": 1 / step}) + "\n" for step in range(1, 6)) + '{"step": 6, "lo')
+    log = metrics_logger(tmp_path, resumed_at=3)  # the checkpoint was at step 3; steps 4 and 5 run again
+    log({"step": 4, "loss": 0.2})
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    metrics_logger(tmp_path)({"step": 5})  # a fresh logger appends
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
 
 def test_eval_reproduces_the_published_bicubic_row(runner: CliRunner) -> None:

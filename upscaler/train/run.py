@@ -8,20 +8,36 @@ from typing import Any
 
 import torch
 
+from upscaler.io.files import write_bytes_atomically
 from upscaler.train.distributed import join, leave
 from upscaler.train.gan import GanTrainer
 from upscaler.train.trainer import CHECKPOINT, Log, TrainConfig, Trainer
 
 
-def metrics_logger(run_dir: Path) -> Log:
-    """Append JSON lines to RUN_DIR/metrics.jsonl, flushed per line so a crash loses nothing."""
+def metrics_logger(run_dir: Path, resumed_at: int | None = None) -> Log:
+    """Append JSON lines to RUN_DIR/metrics.jsonl, flushed per line so a crash loses nothing.
+
+    A resumed run first drops the records after its checkpoint's step: those steps run again, and
+    the file keeps one history, not two overlapping ones.
+    """
     path = run_dir / "metrics.jsonl"
+    if resumed_at is not None and path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= resumed_at]
+        write_bytes_atomically(path, "".join(kept).encode())
 
     def log(record: dict[str, Any]) -> None:
         with path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     return log
+
+
+def _step(line: str) -> float:
+    """A record's step; a line a crash cut short counts as after every checkpoint."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -43,7 +59,8 @@ def train(config: TrainConfig, run_dir: Path, device: torch.device, resume: bool
             trainer.resume()
         if world.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        val = trainer.run(metrics_logger(run_dir) if world.is_main else lambda _: None)
+        log = metrics_logger(run_dir, trainer.step if resume else None) if world.is_main else lambda _: None
+        val = trainer.run(log)
         if not world.is_main:
             return None
         scores = {"val": {Path(config.val).name: val}} if config.val and val else {}

@@ -267,6 +267,8 @@ class Trainer:
         # Settings added since a checkpoint was written take their defaults, which are what it trained with.
         saved = {k: v for k, v in {**asdict(TrainConfig("", "")), **state["config"]}.items() if k not in FREE_ON_RESUME}
         mine = {k: v for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME}
+        for settings in (saved, mine):  # the same folder named relative to another directory, or through a link
+            settings["data"] = os.path.realpath(settings["data"])
         if saved != mine:
             changed = sorted(k for k in mine if saved.get(k) != mine[k])
             raise ValueError(f"{path}: was trained with different settings ({', '.join(changed)})")
