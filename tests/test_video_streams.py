@@ -135,6 +135,39 @@ def test_repeated_timestamps_across_segment_joins_strictly_increase(tmp_path: Pa
         assert suffix == ".mkv" or strictly_increasing(dts), (suffix, dts)  # Matroska stores no dts
 
 
+def test_frames_repeating_a_keyframes_timestamp_before_it_survive_a_resume(tmp_path: Path, tiny_model: Path) -> None:
+    """Three frames share the second keyframe's pts but come before it: a resume seeks to the keyframe,
+    so they belong to the segment before in every run (they were lost from a resumed file)."""
+    from upscaler.engine.engine import open_engine
+    from upscaler.engine.settings import RunSettings
+    from upscaler.io.video import choose_encoding, probe
+    from upscaler.jobs.video import encode_segments, job_key, mux, open_work, plan_segments
+
+    clip = tmp_path / "shared.mkv"
+    ffmpeg(*VIDEO, "-frames:v", "12", "-vf", "setpts=trunc((N+1)/2)/(25*TB)", "-fps_mode", "passthrough",
+           "-enc_time_base", "1/25", "-c:v", "libx264", "-g", "4", "-bf", "0", "-pix_fmt", "yuv420p", clip)
+    with av.open(str(clip)) as container:
+        sent = [(p.pts, p.is_keyframe) for p in container.demux(video=0) if p.size]
+    assert sent[5:9] == [(sent[8][0], False)] * 3 + [(sent[8][0], True)], sent
+    engine = open_engine(RunSettings(model=str(tiny_model), device="cpu"))
+    source = probe(clip)
+    files = []
+    for done_before in (0, 1):  # straight, and resumed after the first segment
+        out = tmp_path / f"out{done_before}.mkv"
+        settings, _ = choose_encoding(source, out, engine.scale, False, "libx264", None, None, None)
+        plan = plan_segments(source, 0.05)
+        assert [planned.next_pts for planned in plan] == [sent[8][0], None]
+        work = open_work(out, job_key(source, settings, engine.identity((source.height, source.width)), 0.05), resume=False)
+        encode_segments(source, work, plan[:done_before], settings, engine, lambda: None)
+        encode_segments(source, work, plan, settings, engine, lambda: None)
+        assert [work.segments[i].frames for i in (0, 1)] == [8, 4]
+        mux(source, work, settings, engine.scale, out)
+        work.remove()
+        with av.open(str(out)) as container:
+            files.append([(f.pts, f.to_ndarray(format="yuv444p").tobytes()) for f in container.decode(video=0)])
+    assert len(files[0]) == 12 and files[1] == files[0]
+
+
 def test_a_copied_stream_with_a_repeated_timestamp_goes_into_mp4(tmp_path: Path, tiny_model: Path) -> None:
     """Matroska stores two audio packets at one time as they are; MP4 wants the second bumped, as ffmpeg does."""
     plain, clip, out = tmp_path / "plain.mkv", tmp_path / "repeat.mkv", tmp_path / "out.mp4"

@@ -356,7 +356,8 @@ def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunSt
     """The frames of consecutive planned segments, RGB, from one seek to the first one's keyframe.
 
     A frame belongs to the last segment whose keyframe it does not precede, so the leading frames
-    of an open GOP stay with the segment before, as a straight decode shows them. Timestamps
+    of an open GOP stay with the segment before, as a straight decode shows them; so do frames that
+    repeat the keyframe's timestamp without being it (`_reaches`). Timestamps
     strictly increase within a segment, as encoders and muxers need: a repeated or backwards one
     becomes the previous one + 1 (as ffmpeg repairs them), the frame keeping its duration. Each
     segment starts from its own first timestamp, so its frames are the same whichever run encodes
@@ -378,12 +379,12 @@ def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunSt
                 stats.decoded += 1
                 raw = frame.pts
                 if floor is not None:
-                    if raw is None or raw < floor:
+                    if raw is None or not _reaches(frame, raw, floor):
                         continue  # decoded from the seek point on, before the keyframe
                     floor = None
-                if raw is not None and stop is not None and raw >= stop:
+                if raw is not None and stop is not None and _reaches(frame, raw, stop):
                     break
-                while raw is not None and segment.next_pts is not None and raw >= segment.next_pts:
+                while raw is not None and segment.next_pts is not None and _reaches(frame, raw, segment.next_pts):
                     segment, last_pts = next(segments), None
                 if raw is not None and (last_pts is None or raw > last_pts):
                     pts = raw
@@ -400,6 +401,16 @@ def _decoded_frames(source: SourceVideo, run: list[PlannedSegment], stats: RunSt
         if pending is not None:
             info, rgb = pending
             yield FrameInfo(info.pts, info.duration, info.segment, ends_segment=True), rgb
+
+
+def _reaches(frame: av.VideoFrame, raw: int, cut: int) -> bool:
+    """Whether a frame stamped `raw` is at or past the segment cut at keyframe `cut`.
+
+    A frame that repeats the cut's timestamp but is not the keyframe is decoded before it (a seek to
+    the keyframe never sees it), so it stays with the segment before in every run; taken by its
+    timestamp alone, a straight run put it after the cut and a resumed one lost it.
+    """
+    return raw > cut or (raw == cut and frame.key_frame)
 
 
 def _stopped(source: SourceVideo, container: av.container.InputContainer, stream: VideoStream, reached: int | None,
