@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 
-from upscaler.cli.app import EXIT_INTERRUPTED, ClosedStdout, app, run
+from upscaler.cli.app import EXIT_INTERRUPTED, ClosedStdout, app, flush_standard_streams, run
 
 
 class ClosedOutput(io.TextIOBase):
@@ -66,11 +66,7 @@ def _exit_without_finalising(code: int) -> None:
     """
     threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own first step at exit
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_standard_streams()
     os._exit(code)
 
 

@@ -188,12 +188,17 @@ class Interrupts:
         if console.is_terminal:
             console.show_cursor(True)  # the progress bar hid it
         error("interrupted")
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        flush_standard_streams()
         os._exit(EXIT_INTERRUPTED)
+
+
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr before an exit that skips finalisation; a closed or vanished reader is no error."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def run(args: list[str]) -> int:
