@@ -12,17 +12,22 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
 from upscaler.cluster.ray_runner import (
+    MAX_RESTARTS,
     MAX_TASK_RETRIES,
     RAY_MISSING,
+    READY_TIMEOUT_S,
     ActorSpec,
     ClusterError,
+    ClusterRunner,
     PictureWorker,
     WorkerInfo,
     WorkerLost,
@@ -32,9 +37,11 @@ from upscaler.cluster.ray_runner import (
     import_ray,
     plan_actors,
     shared_settings,
+    start_pool,
 )
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job
+from upscaler.jobs.pictures import Outcome
 
 from .conftest import EXAMPLES, ROOT, assert_complete_images, numbered_copies
 
@@ -210,7 +217,10 @@ def test_a_unit_that_kills_its_worker_is_given_up_and_the_restarted_worker_goes_
     results = dict(pool.map([1, -1, 2, 3]))
     lost = results.pop(-1)
     assert isinstance(lost, WorkerLost)
-    assert re.fullmatch(r"its Ray worker died 2 times on it \(\w+\); given up", lost.message), lost.message
+    died = re.fullmatch(r"its Ray worker died 2 times on it \((\w+)\); given up", lost.message)
+    assert died, lost.message
+    named = getattr(ray.exceptions, died.group(1), None)  # the error Ray raised, by its own name
+    assert isinstance(named, type) and issubclass(named, ray.exceptions.RayActorError), lost.message
     assert {u: r[0] for u, r in results.items()} == {1: 2, 2: 4, 3: 6}
     assert len(pool.actors) == 1 and not pool.probing and not pool.in_flight
     pool.close()
@@ -264,3 +274,274 @@ def test_drain_stops_every_busy_worker_and_collects_all_they_finish(ray: ModuleT
     assert not pool.in_flight and not pool.pending
     assert list(results) == []
     pool.close()
+
+
+def test_a_pool_closed_mid_run_kills_its_actors_for_good_and_answers_for_every_unit(ray: ModuleType) -> None:
+    """Closing (an interrupt that skips drain) leaves nothing to ask: the unit running comes back lost, the rest unstarted."""
+    remote = ray.remote(max_concurrency=2)(Waiter)
+    actors = [remote.options(num_cpus=0.1, max_restarts=4, max_task_retries=MAX_TASK_RETRIES).remote() for _ in range(2)]
+    pool: WorkerPool[int] = WorkerPool(ray, actors, "run")
+    results = pool.map([0, 1, 2, 3])
+    assert next(results) == (0, ("done", 0))  # unit 1 is running on the second actor and waits for `stop`
+    assert [unit for unit, _ in pool.in_flight.values()] == [1]
+    pool.close()
+    assert pool.actors == {}
+    rest = list(results)
+    assert [u for u, _ in rest] == [1, 2, 3]
+    assert isinstance(rest[0][1], WorkerLost) and rest[0][1].message.startswith("its Ray worker died")  # not retried
+    assert [r for _, r in rest[1:]] == [WorkerLost("no Ray worker left to take it")] * 2
+    assert not pool.in_flight and not pool.probing
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):  # killed for good, though Ray could have restarted it 4 times
+            ray.get(actor.describe.remote(), timeout=60)
+
+
+def test_a_probe_still_out_when_the_pool_closes_is_dropped_quietly(ray: ModuleType) -> None:
+    pool: WorkerPool[int] = WorkerPool(ray, _doublers(ray, 1, restarts=0), "run")
+    results = pool.map([-1])
+    unit, lost = next(results)  # the actor died on it; the pool has asked the actor to describe itself
+    assert unit == -1 and isinstance(lost, WorkerLost) and pool.probing == {0}
+    pool.close()
+    assert pool.drain() == [] and not pool.in_flight and not pool.probing and pool.actors == {}
+
+
+# -- start_pool: the actors it asks Ray for --------------------------------------------------------
+
+
+class Reporter:
+    """A worker that says what it was built with and what Ray gave its process."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+
+    def describe(self) -> WorkerInfo:
+        import ray
+
+        resources = ray.get_runtime_context().get_assigned_resources()
+        return WorkerInfo(self.settings.device, ",".join(f"{k}={v:g}" for k, v in sorted(resources.items())))
+
+    def run(self, unit: int) -> tuple[str, str, int]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), self.settings.model, unit
+
+    def stop(self) -> None:
+        pass
+
+
+def test_start_pool_on_local_ray_gives_its_actor_the_nodes_cpus_and_the_run_settings(ray: ModuleType) -> None:
+    settings = RunSettings(model="clean", tile=64, device="cpu")
+    pool, info = start_pool(ray, Reporter, settings, "run")
+    try:
+        assert len(pool.actors) == 1  # one node, no GPU: one actor
+        assert info == WorkerInfo("cpu", "CPU=2")  # all the node's CPUs (the fixture's Ray has 2), no GPU
+        assert list(pool.map([7])) == [(7, (ray.get_runtime_context().get_node_id(), "clean", 7))]
+        actor = pool.actors[0]
+    finally:
+        pool.close()
+    with pytest.raises(ray.exceptions.RayActorError):  # closed for good, despite its MAX_RESTARTS
+        ray.get(actor.describe.remote(), timeout=60)
+
+
+class _Ref:
+    """A fake Ray's object ref: the call it stands for, made when asked for."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call = call
+
+
+class _Actor:
+    """A fake Ray's actor: the worker itself, in this process, with the options it was started with."""
+
+    def __init__(self, worker: Any, options: dict[str, Any], late: bool) -> None:
+        self.worker, self.options, self.late = worker, options, late
+
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        method = getattr(self.worker, name)
+        return SimpleNamespace(remote=lambda *args: _Ref(lambda: method(*args)))
+
+
+class FakeRay:
+    """Enough of Ray for `start_pool`, recording what it is asked; the first `late` actors never answer."""
+
+    exceptions = SimpleNamespace(RayActorError=RuntimeError)
+
+    def __init__(self, nodes: list[dict[str, object]], late: int = 0) -> None:
+        self._nodes, self.late = nodes, late
+        self.decorated: list[dict[str, Any]] = []
+        self.started: list[_Actor] = []
+        self.killed: list[tuple[_Actor, bool]] = []
+        self.timeouts: list[float | None] = []
+
+    def nodes(self) -> list[dict[str, object]]:
+        return self._nodes
+
+    def remote(self, **options: Any) -> Callable[[type], SimpleNamespace]:
+        self.decorated.append(options)
+
+        def decorate(cls: type) -> SimpleNamespace:
+            def start(**placement: Any) -> SimpleNamespace:
+                def construct(*args: Any) -> _Actor:
+                    actor = _Actor(cls(*args), placement, late=len(self.started) < self.late)
+                    self.started.append(actor)
+                    return actor
+
+                return SimpleNamespace(remote=construct)
+
+            return SimpleNamespace(options=start)
+
+        return decorate
+
+    def wait(self, refs: list[_Ref], num_returns: int, timeout: float | None = None) -> tuple[list[_Ref], list[_Ref]]:
+        self.timeouts.append(timeout)
+        late = {id(ref) for ref, actor in zip(refs, self.started) if actor.late}
+        ready = [ref for ref in refs if id(ref) not in late]
+        return ready[:num_returns], [ref for ref in refs if id(ref) in late]
+
+    def get(self, refs: _Ref | list[_Ref]) -> Any:
+        return [ref.call() for ref in refs] if isinstance(refs, list) else refs.call()
+
+    def kill(self, actor: _Actor, *, no_restart: bool = True) -> None:
+        self.killed.append((actor, no_restart))
+
+
+class Built:
+    """A worker that keeps the settings it was built with; its engine 'fails' if the model is named so."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+
+    def describe(self) -> WorkerInfo:
+        return WorkerInfo(self.settings.model, self.settings.device, "no such model" if self.settings.model == "bad" else None)
+
+
+A, B = "a" * 56, "b" * 56  # node ids as Ray writes them (hex)
+
+
+def _affinity(node_id: str) -> dict[str, object]:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return vars(NodeAffinitySchedulingStrategy(node_id, soft=True))
+
+
+def _placements(fake: FakeRay) -> list[tuple[float, float, str | dict[str, object]]]:
+    """(CPUs, GPUs, scheduling strategy) of each actor started, after checking what every actor shares."""
+    for actor in fake.started:
+        assert sorted(actor.options) == ["max_restarts", "max_task_retries", "num_cpus", "num_gpus", "scheduling_strategy"]
+        assert (actor.options["max_restarts"], actor.options["max_task_retries"]) == (MAX_RESTARTS, MAX_TASK_RETRIES) == (8, 1)
+    assert fake.decorated == [{"max_concurrency": 2}]  # `stop` must run beside `run`
+    strategy = [a.options["scheduling_strategy"] for a in fake.started]
+    return [(a.options["num_cpus"], a.options["num_gpus"], s if isinstance(s, str) else vars(s))
+            for a, s in zip(fake.started, strategy)]
+
+
+def test_start_pool_asks_ray_for_one_actor_per_gpu_with_cuda_settings_pinned_softly_to_its_node() -> None:
+    pytest.importorskip("ray")
+    fake = FakeRay([_node(A, 8, 2), _node(B, 3)])
+    settings = RunSettings(model="clean", tile=64)
+    pool, info = start_pool(fake, Built, settings, "run")  # type: ignore[arg-type]
+    assert _placements(fake) == [(4, 1, _affinity(A))] * 2  # the CPU-only node is left out while GPUs exist
+    assert [actor.worker.settings for actor in fake.started] == [replace(settings, device="cuda")] * 2
+    assert info == WorkerInfo("clean", "cuda") and fake.timeouts == [READY_TIMEOUT_S] == [600.0]
+    assert list(pool.actors.values()) == fake.started and pool.method == "run" and fake.killed == []
+
+
+def test_start_pool_on_cpus_keeps_the_settings_and_places_actors_per_node() -> None:
+    pytest.importorskip("ray")
+    fake = FakeRay([_node(A, 8, 2), _node(B, 3)])
+    settings = RunSettings(model="clean", device="cpu")
+    pool, info = start_pool(fake, Built, settings, "run")  # type: ignore[arg-type]
+    assert _placements(fake) == [(8, 0, _affinity(A)), (3, 0, _affinity(B))]  # --device cpu: GPUs left alone
+    assert all(actor.worker.settings is settings for actor in fake.started) and info == WorkerInfo("clean", "cpu")
+    fake = FakeRay([_node(B, 3), _node(None, 2)])  # type: ignore[arg-type]
+    pool, _ = start_pool(fake, Built, settings, "describe", actors_per_node=2)  # type: ignore[arg-type]
+    assert _placements(fake) == [(1, 0, _affinity(B))] * 2 + [(1, 0, "DEFAULT")] * 2  # no node id: Ray's own choice
+    assert len(pool.actors) == 4 and pool.method == "describe"
+
+
+def test_start_pool_drops_late_actors_and_fails_on_an_engine_error_or_when_none_is_ready() -> None:
+    pytest.importorskip("ray")
+    fake = FakeRay([_node(A, 4), _node(B, 4)], late=1)
+    pool, info = start_pool(fake, Built, RunSettings(model="clean", device="cpu"), "run")  # type: ignore[arg-type]
+    assert list(pool.actors.values()) == fake.started[1:] and fake.killed == [(fake.started[0], True)]
+    assert info == WorkerInfo("clean", "cpu")
+    fake = FakeRay([_node(A, 4), _node(B, 4)])
+    with pytest.raises(ClusterError, match="^no such model$"):
+        start_pool(fake, Built, RunSettings(model="bad", device="cpu"), "run")  # type: ignore[arg-type]
+    assert fake.killed == [(actor, True) for actor in fake.started] and len(fake.started) == 2  # the pool is closed
+    fake = FakeRay([_node(A, 4), _node(B, 4)], late=2)
+    with pytest.raises(ClusterError, match=r"^no Ray worker started within 600 s \(is the cluster busy\?\)$"):
+        start_pool(fake, Built, RunSettings(model="clean", device="cpu"), "run")  # type: ignore[arg-type]
+    assert fake.killed == [(actor, True) for actor in fake.started]
+    fake = FakeRay([_node(A, 0), _node(B, 4, alive=False)])
+    with pytest.raises(ClusterError, match="^the Ray cluster has no node with a CPU or GPU to run on$"):
+        start_pool(fake, Built, RunSettings(model="clean"), "run")  # type: ignore[arg-type]
+    assert fake.started == [] and fake.decorated == []
+
+
+# -- ClusterRunner: jobs in chunks, outcomes named as planned --------------------------------------
+
+
+class ScriptedPool:
+    """A pool that answers each chunk as `answer` says, and `drain` with what `settled` holds."""
+
+    def __init__(self, actors: int, answer: Callable[[list[Job]], Any] = lambda chunk: [Outcome(j) for j in chunk]) -> None:
+        self.actors = dict.fromkeys(range(actors))
+        self.answer = answer
+        self.mapped: list[list[Job]] = []
+        self.settled: list[tuple[list[Job], Any]] = []
+
+    def map(self, units: Iterable[list[Job]]) -> Iterator[tuple[list[Job], Any]]:
+        for chunk in units:
+            self.mapped.append(chunk)
+            yield chunk, self.answer(chunk)
+
+    def drain(self) -> list[tuple[list[Job], Any]]:
+        return self.settled
+
+
+def _numbered_jobs(count: int) -> list[Job]:
+    return [Job(Path(f"in/{n}.png"), Path(f"out/{n}.png"), "PNG") for n in range(count)]
+
+
+@pytest.mark.parametrize(("jobs", "actors", "sizes"), [
+    (0, 1, []),
+    (3, 1, [1, 1, 1]),  # fewer than four jobs per actor: one at a time
+    (8, 1, [2] * 4),
+    (10, 1, [2] * 5),
+    (20, 1, [5] * 4),
+    (100, 1, [8] * 12 + [4]),  # never more than CHUNK_FILES
+    (8, 2, [1] * 8),
+    (16, 2, [2] * 8),
+    (40, 3, [3] * 13 + [1]),
+    (9, 0, [2] * 4 + [1]),  # no actor (yet) counts as one
+])
+def test_jobs_go_in_chunks_of_a_quarter_per_actor_at_most_eight(jobs: int, actors: int, sizes: list[int]) -> None:
+    planned = _numbered_jobs(jobs)
+    runner = ClusterRunner(ScriptedPool(actors), planned)  # type: ignore[arg-type]
+    assert [len(chunk) for chunk in runner.chunks] == sizes
+    assert [job for chunk in runner.chunks for job in chunk] == [_absolute(job) for job in planned]  # each once, in order
+
+
+def test_outcomes_name_the_jobs_as_planned_and_a_lost_chunk_fails_each_of_its_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    planned = _numbered_jobs(8)  # one actor: chunks of 2
+
+    def answer(chunk: list[Job]) -> list[Outcome] | WorkerLost:
+        if chunk[0].source.name == "2.png":
+            return WorkerLost("its Ray worker died")
+        return [Outcome(job, input_pixels=10 + int(job.source.stem)) for job in reversed(chunk)]
+
+    pool = ScriptedPool(1, answer)
+    runner = ClusterRunner(pool, planned)  # type: ignore[arg-type]
+    assert runner.chunks == [[_absolute(planned[i]), _absolute(planned[i + 1])] for i in range(0, 8, 2)]
+    assert all(job.source.is_absolute() for chunk in runner.chunks for job in chunk)  # what the workers get
+    assert list(runner) == [Outcome(planned[1], input_pixels=11), Outcome(planned[0], input_pixels=10),
+                            Outcome(planned[2], error="its Ray worker died"), Outcome(planned[3], error="its Ray worker died"),
+                            Outcome(planned[5], input_pixels=15), Outcome(planned[4], input_pixels=14),
+                            Outcome(planned[7], input_pixels=17), Outcome(planned[6], input_pixels=16)]
+    assert pool.mapped == runner.chunks
+    pool.settled = [(runner.chunks[1], [Outcome(_absolute(planned[3]), error="bad file")]),
+                    (runner.chunks[2], WorkerLost("no Ray worker left to take it"))]
+    assert runner.drain() == [Outcome(planned[3], error="bad file"), Outcome(planned[4], error="no Ray worker left to take it"),
+                              Outcome(planned[5], error="no Ray worker left to take it")]
