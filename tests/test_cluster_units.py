@@ -81,6 +81,10 @@ def test_gpu_actors_share_their_nodes_cpus_and_cpu_only_runs_leave_gpus_alone() 
     assert plan_actors(nodes, "cpu") == [ActorSpec(7, 0, "a"), ActorSpec(1, 0, "b"), ActorSpec(4, 0, "c")]
 
 
+def test_a_gpu_node_that_reports_no_cpus_gives_its_gpu_actors_none() -> None:
+    assert plan_actors([_node("g", None, 1), _node("h", None, 2)], "auto") == [ActorSpec(0, 1, "g")] + [ActorSpec(0, 1, "h")] * 2
+
+
 def test_cpu_actors_are_at_most_one_per_cpu_and_a_node_without_cpus_gets_none() -> None:
     nodes = [_node("a", 6), _node("b", 2), _node("c", None), _node("d", 0.5)]
     assert plan_actors(nodes, "auto", actors_per_node=3) == [ActorSpec(2, 0, "a")] * 3 + [ActorSpec(1, 0, "b")] * 2
