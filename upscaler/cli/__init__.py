@@ -42,11 +42,7 @@ def _stand_in_for_closed_streams() -> None:
 def main() -> None:
     _stand_in_for_closed_streams()
     code = run(sys.argv[1:])
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:
-            pass  # the reader went away, or the stream was closed: the code says how the work went
+    flush_standard_streams()  # a reader gone or a stream closed is no error: the code says how the work went
     if code == EXIT_INTERRUPTED:
         # Stop now, even after a second Ctrl-C: writes still in flight are abandoned under their
         # temporary names, which the next run into the same folder removes.
