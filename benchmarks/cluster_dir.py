@@ -25,9 +25,9 @@ import torch
 
 from upscaler.cluster.ray_runner import cluster_runner
 from upscaler.engine.engine import open_engine
-from upscaler.jobs.pictures import Outcome, run_jobs, skip_existing
 from upscaler.engine.settings import RunSettings
 from upscaler.io.files import Job, discover, plan_jobs
+from upscaler.jobs.pictures import Outcome, run_jobs, skip_existing
 
 
 def plan(folder: Path, out: Path) -> list[Job]:

@@ -19,15 +19,15 @@ from upscaler.engine.openmp import wait_passively
 
 wait_passively("dir")  # as `upscale dir` does, before torch loads
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from upscaler.engine.engine import open_engine  # noqa: E402
-from upscaler.jobs.pictures import run_jobs  # noqa: E402
-from upscaler.engine.settings import RunSettings  # noqa: E402
-from upscaler.io.files import Job, discover, output_format, target_path  # noqa: E402
-from upscaler.models import macs_per_input_pixel  # noqa: E402
+from upscaler.engine.engine import open_engine
+from upscaler.engine.settings import RunSettings
+from upscaler.io.files import Job, discover, output_format, target_path
+from upscaler.jobs.pictures import run_jobs
+from upscaler.models import macs_per_input_pixel
 
 
 def naive(module: torch.nn.Module, sources: list[Path], out: Path) -> float:

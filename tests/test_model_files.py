@@ -96,7 +96,7 @@ def test_save_is_atomic_float32_and_world_readable(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]  # no temporary left
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     with safe_open(str(path), "pt") as handle:
-        assert all(handle.get_tensor(k).dtype == torch.float32 for k in handle.keys())
+        assert all(handle.get_tensor(k).dtype == torch.float32 for k in handle.keys())  # noqa: SIM118 (a safetensors handle, not a dict)
         assert json.loads(handle.metadata()["descriptor"])["parameters"] == sum(p.numel() for p in module.parameters())
     loaded = load_model(str(path))
     save_model(loaded.module, loaded.card, tmp_path / "d.safetensors", loaded.descriptor)
@@ -129,7 +129,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 def _rewrite(path: Path, meta: dict[str, str], drop: str | None = None, extra: dict[str, torch.Tensor] | None = None) -> None:
     with safe_open(str(path), "pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != drop}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != drop}  # noqa: SIM118
     save_file({**tensors, **(extra or {})}, str(path), metadata=meta)
 
 
@@ -149,7 +149,7 @@ def test_loaded_weights_are_the_files(tmp_path: Path) -> None:
     path = save_random_model(tmp_path / "m.safetensors", seed=5, channels=4, blocks=1)
     loaded = load_model(str(path))
     with safe_open(str(path), "pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118
             assert torch.equal(loaded.module.state_dict()[key], handle.get_tensor(key)), key
     assert not loaded.module.training
 
